@@ -1,0 +1,345 @@
+//! Configuration: loaded in two phases. `raw` (serde, unknown keys rejected)
+//! is read from TOML and environment overrides, then `validate` turns it into
+//! [`Config`], reporting every bad key with its value and the rule it breaks.
+
+pub mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Serialize;
+
+use crate::secret::{Secret, SecretSource};
+pub use raw::RawConfig;
+
+/// The model Tollgate serves unless told otherwise.
+pub const DEFAULT_MODEL: &str = "Qwen/Qwen2.5-7B-Instruct";
+
+/// Environment variables under the `TOLLGATE_` prefix that are not config keys.
+const NON_CONFIG_ENV: &[&str] = &["config", "jwt_secret", "cluster_secret", "log"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub shutdown_grace: Duration,
+    pub gateway: GatewayConfig,
+    pub auth: AuthConfig,
+    pub redis: Option<RedisConfig>,
+    pub tenants: Vec<TenantConfig>,
+    pub clients: Vec<ClientConfig>,
+    pub scheduler: SchedulerConfig,
+    pub cluster: ClusterConfig,
+    pub worker: WorkerConfig,
+    pub guardrails: GuardrailsConfig,
+    pub telemetry: TelemetryConfig,
+    pub sim: SimConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub workers: Vec<String>,
+    pub tls: Option<TlsConfig>,
+    /// The model name clients see and vLLM serves.
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+    EdDSA,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub token_ttl: Duration,
+    pub algorithm: JwtAlgorithm,
+    /// Present whenever `algorithm` is HS256 and the role signs or verifies tokens.
+    pub hs256_secret: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisFailureMode {
+    Local,
+    Open,
+    Closed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisConfig {
+    pub url: Secret,
+    pub key_prefix: String,
+    pub on_failure: RedisFailureMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High,
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s {
+            "high" => Some(Priority::High),
+            "normal" => Some(Priority::Normal),
+            "low" => Some(Priority::Low),
+            _ => None,
+        }
+    }
+}
+
+/// Limits of a tenant or (as overrides) of a client. `None` means unlimited
+/// (or, on a client, inherited from its tenant).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_concurrency: Option<u64>,
+    pub daily_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantConfig {
+    pub id: String,
+    pub priority: Priority,
+    pub weight: u32,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Infer,
+    Admin,
+    Dev,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Infer => "infer",
+            Scope::Admin => "admin",
+            Scope::Dev => "dev",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "infer" => Some(Scope::Infer),
+            "admin" => Some(Scope::Admin),
+            "dev" => Some(Scope::Dev),
+            _ => None,
+        }
+    }
+}
+
+/// How a client proves itself: a secret given in the config, or its argon2id hash.
+#[derive(Debug, Clone, Serialize)]
+pub enum ClientCredential {
+    Secret(Secret),
+    Hash(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientConfig {
+    pub id: String,
+    pub credential: ClientCredential,
+    pub tenant: String,
+    pub scopes: Vec<Scope>,
+    pub limits: Limits,
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SchedulerConfig {
+    pub max_queue_per_tenant: usize,
+    pub queue_timeout: Duration,
+    pub batch_window: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterConfig {
+    /// Present whenever the role talks gateway↔worker.
+    pub secret: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerConfig {
+    pub id: Option<String>,
+    pub listen: SocketAddr,
+    pub shards: Vec<String>,
+    pub max_inflight_per_shard: u32,
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SystemPromptPolicy {
+    Prepend,
+    Enforce,
+    Off,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardrailsConfig {
+    pub max_prompt_chars: usize,
+    pub deny_patterns: Vec<String>,
+    pub system_prompt: Option<String>,
+    pub system_prompt_policy: SystemPromptPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    Grpc,
+    Http,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TelemetryConfig {
+    pub service_name: String,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: OtlpProtocol,
+    pub audit_log: Option<PathBuf>,
+    pub log_level: String,
+}
+
+/// The `[sim]` section; command-line flags of `tollgate sim` override it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SimConfig {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub model: Option<String>,
+    pub preset: Option<String>,
+    pub max_model_len: Option<u64>,
+    pub max_num_seqs: Option<u64>,
+    pub max_num_batched_tokens: Option<u64>,
+    pub kv_cache_tokens: Option<u64>,
+    pub scheduling_policy: Option<String>,
+    pub time_scale: Option<f64>,
+    pub seed: Option<u64>,
+    pub echo: Option<bool>,
+}
+
+/// What a process needs of the config; decides which secrets are required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `tollgate up`: everything in one process; missing secrets are generated by the caller.
+    Embedded,
+    Gateway,
+    Worker,
+    /// `tollgate sim` and `check-config`: nothing is required.
+    Standalone,
+}
+
+/// One broken rule of the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub key: String,
+    pub value: String,
+    pub rule: String,
+}
+
+impl std::fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} = {}: {}", self.key, self.value, self.rule)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config: {0}")]
+    Read(String),
+    #[error("invalid config:\n{}", .0.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+/// Reads the raw config from an optional TOML file and `TOLLGATE_*` environment overrides.
+pub fn read_raw(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
+    let mut figment = Figment::new();
+    if let Some(path) = path {
+        if !path.exists() {
+            return Err(ConfigError::Read(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    figment = figment.merge(
+        Env::prefixed("TOLLGATE_")
+            .filter(|k| !NON_CONFIG_ENV.contains(&k.as_str().to_ascii_lowercase().as_str()))
+            .split("__"),
+    );
+    figment.extract::<RawConfig>().map_err(|e| {
+        let issues = e
+            .into_iter()
+            .map(|e| ConfigIssue {
+                key: if e.path.is_empty() {
+                    "(top level)".into()
+                } else {
+                    e.path.join(".")
+                },
+                value: e
+                    .metadata
+                    .as_ref()
+                    .map(|m| format!("(from {})", m.name))
+                    .unwrap_or_default(),
+                rule: e.kind.to_string(),
+            })
+            .collect();
+        ConfigError::Invalid(issues)
+    })
+}
+
+/// Reads and validates the config for `role`.
+pub fn load(path: Option<&Path>, role: Role) -> Result<Config, ConfigError> {
+    let raw = read_raw(path)?;
+    validate::validate(raw, role).map_err(ConfigError::Invalid)
+}
+
+/// Validates an already read raw config (used by `tollgate up`, which fills in generated secrets).
+pub fn validate(raw: RawConfig, role: Role) -> Result<Config, ConfigError> {
+    validate::validate(raw, role).map_err(ConfigError::Invalid)
+}
+
+impl Config {
+    /// The effective config as TOML-like JSON with every secret masked.
+    pub fn masked_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl SecretSource {
+    /// A literal secret, as `tollgate up` generates them.
+    pub fn literal(value: String) -> Self {
+        SecretSource::Literal(value)
+    }
+}

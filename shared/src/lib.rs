@@ -1,0 +1,15 @@
+//! What every Tollgate crate shares; depends on no other Tollgate crate.
+//!
+//! - `config`: TOML + env config, raw → validated, secrets masked
+//! - `secret`: secret sources and a value type that never prints itself
+//! - `openai`: OpenAI-compatible request/response wire types
+//! - `worker_api`: the internal gateway ↔ worker API
+//! - `ids`: request ids (W3C trace ids) and `traceparent`
+//! - `telemetry`: JSON logging setup
+
+pub mod config;
+pub mod ids;
+pub mod openai;
+pub mod secret;
+pub mod telemetry;
+pub mod worker_api;

@@ -1,0 +1,116 @@
+//! The internal gateway ↔ worker API (CONTRACT §4). Never exposed to clients.
+//!
+//! - `POST /internal/v1/shards/{index}/chat/completions` and `.../completions`:
+//!   the body is the vLLM request as the gateway built it; the answer is vLLM's,
+//!   streamed through unchanged. Closing the connection aborts the vLLM request.
+//! - `GET /internal/v1/load`: [`WorkerLoad`].
+//!
+//! Every call carries `Authorization: Bearer <cluster secret>`, `x-request-id`
+//! and W3C `traceparent`. Errors raised by the worker itself (not relayed from
+//! vLLM) carry [`WORKER_ERROR_HEADER`] naming a [`WorkerErrorKind`].
+
+use serde::{Deserialize, Serialize};
+
+pub const LOAD_PATH: &str = "/internal/v1/load";
+pub const WORKER_ERROR_HEADER: &str = "x-tollgate-worker-error";
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+}
+
+impl Endpoint {
+    /// The path below `/v1/` on vLLM and below the shard on the worker.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat/completions",
+            Endpoint::Completions => "completions",
+        }
+    }
+
+    pub fn parse(suffix: &str) -> Option<Endpoint> {
+        match suffix {
+            "chat/completions" => Some(Endpoint::ChatCompletions),
+            "completions" => Some(Endpoint::Completions),
+            _ => None,
+        }
+    }
+}
+
+/// The worker path that relays `endpoint` to shard `index`.
+pub fn dispatch_path(index: u32, endpoint: Endpoint) -> String {
+    format!("/internal/v1/shards/{index}/{}", endpoint.suffix())
+}
+
+/// Why the worker itself refused or failed a dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerErrorKind {
+    /// The shard is at its in-flight limit: requeue and try again later.
+    Busy,
+    /// The shard is unhealthy or its vLLM could not be reached before any byte was sent.
+    ShardUnavailable,
+    /// No such shard on this worker.
+    UnknownShard,
+    /// The worker is draining for shutdown.
+    Draining,
+    /// Bad or missing cluster credential.
+    Unauthorized,
+}
+
+impl WorkerErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerErrorKind::Busy => "busy",
+            WorkerErrorKind::ShardUnavailable => "shard_unavailable",
+            WorkerErrorKind::UnknownShard => "unknown_shard",
+            WorkerErrorKind::Draining => "draining",
+            WorkerErrorKind::Unauthorized => "unauthorized",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WorkerErrorKind> {
+        [
+            WorkerErrorKind::Busy,
+            WorkerErrorKind::ShardUnavailable,
+            WorkerErrorKind::UnknownShard,
+            WorkerErrorKind::Draining,
+            WorkerErrorKind::Unauthorized,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// A worker's report of its shards, polled by every gateway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerLoad {
+    pub worker_id: String,
+    pub draining: bool,
+    pub shards: Vec<ShardLoad>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShardLoad {
+    pub index: u32,
+    pub healthy: bool,
+    /// The model vLLM serves, from `/v1/models`.
+    pub model: Option<String>,
+    /// `max_model_len` as vLLM reports it.
+    pub max_model_len: Option<u64>,
+    /// Sequences vLLM is running, from its `/metrics`.
+    pub running: u32,
+    /// Sequences waiting in vLLM's own queue.
+    pub waiting: u32,
+    /// Fraction of the KV cache in use, 0..=1.
+    pub kv_cache_usage: f64,
+    /// Requests this worker has in flight to the shard.
+    pub inflight: u32,
+    pub max_inflight: u32,
+    /// Requests the worker would admit now.
+    pub free_slots: u32,
+}
