@@ -17,11 +17,27 @@ use crate::policy::{JobSpec, Policy, QueueStats, Refusal, ShardCapacity, ShardId
 type Reply = oneshot::Sender<Result<Grant, Rejected>>;
 
 enum Msg {
-    Submit { seq: u64, spec: JobSpec, reply: Reply },
-    Cancel { seq: u64 },
-    Release { shard: ShardId },
-    Busy { seq: u64, spec: JobSpec, shard: ShardId, reply: Reply },
-    Report { worker: Arc<str>, shards: Vec<ShardCapacity> },
+    Submit {
+        seq: u64,
+        spec: JobSpec,
+        reply: Reply,
+    },
+    Cancel {
+        seq: u64,
+    },
+    Release {
+        shard: ShardId,
+    },
+    Busy {
+        seq: u64,
+        spec: JobSpec,
+        shard: ShardId,
+        reply: Reply,
+    },
+    Report {
+        worker: Arc<str>,
+        shards: Vec<ShardCapacity>,
+    },
     Stats(oneshot::Sender<QueueStats>),
 }
 
@@ -67,7 +83,11 @@ impl Drop for Scheduler {
     }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Msg>, tx: mpsc::UnboundedSender<Msg>, mut policy: Policy<Reply>) {
+async fn run(
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    tx: mpsc::UnboundedSender<Msg>,
+    mut policy: Policy<Reply>,
+) {
     while let Some(msg) = rx.recv().await {
         apply(&mut policy, msg);
         // Coalesce everything already in the mailbox into one dispatch round.
@@ -99,7 +119,12 @@ fn apply(policy: &mut Policy<Reply>, msg: Msg) {
             policy.remove(seq);
         }
         Msg::Release { shard } => policy.release(&shard),
-        Msg::Busy { seq, spec, shard, reply } => {
+        Msg::Busy {
+            seq,
+            spec,
+            shard,
+            reply,
+        } => {
             policy.mark_full(&shard);
             policy.requeue(seq, spec, reply);
         }
@@ -258,7 +283,10 @@ mod tests {
         let g1 = first.await.unwrap();
         assert_eq!(g1.shard.index, 0);
         let mut second = Box::pin(second);
-        assert!(futures_poll_once(&mut second).await.is_none(), "no slot yet");
+        assert!(
+            futures_poll_once(&mut second).await.is_none(),
+            "no slot yet"
+        );
         drop(g1);
         let g2 = second.await.unwrap();
         assert_eq!(g2.shard.worker.as_ref(), "w");
@@ -293,7 +321,10 @@ mod tests {
         h.report("w".into(), one_slot("w"));
         let g = h.submit(spec()).await.unwrap();
         let mut again = Box::pin(g.lease.busy());
-        assert!(futures_poll_once(&mut again).await.is_none(), "busy shard is skipped");
+        assert!(
+            futures_poll_once(&mut again).await.is_none(),
+            "busy shard is skipped"
+        );
         h.report("w".into(), one_slot("w"));
         assert!(again.await.is_ok());
     }

@@ -153,8 +153,12 @@ impl<T> Policy<T> {
                 }
                 continue;
             }
-            let Some(shard) = self.best_shard() else { break };
-            let Some(q) = self.queue.pop_front() else { break };
+            let Some(shard) = self.best_shard() else {
+                break;
+            };
+            let Some(q) = self.queue.pop_front() else {
+                break;
+            };
             self.forget(&q.spec.tenant);
             if let Some(s) = self.shards.get_mut(&shard) {
                 s.free_slots -= 1;
@@ -169,12 +173,20 @@ impl<T> Policy<T> {
             .values()
             .filter(|s| s.healthy && s.free_slots > 0)
             // Most free first; ties broken by id so rounds are deterministic.
-            .max_by(|a, b| a.free_slots.cmp(&b.free_slots).then_with(|| b.id.cmp(&a.id)))
+            .max_by(|a, b| {
+                a.free_slots
+                    .cmp(&b.free_slots)
+                    .then_with(|| b.id.cmp(&a.id))
+            })
             .map(|s| s.id.clone())
     }
 
     pub fn stats(&self) -> QueueStats {
-        let mut per_tenant: Vec<_> = self.per_tenant.iter().map(|(t, n)| (t.clone(), *n)).collect();
+        let mut per_tenant: Vec<_> = self
+            .per_tenant
+            .iter()
+            .map(|(t, n)| (t.clone(), *n))
+            .collect();
         per_tenant.sort();
         QueueStats {
             depth: self.queue.len(),
@@ -230,7 +242,11 @@ mod tests {
             p.enqueue(i, spec("a"), i).unwrap();
         }
         p.report(&"w".into(), vec![shard("w", 0, 1), shard("w", 1, 2)]);
-        let got: Vec<_> = p.round(|_| true).into_iter().map(|(t, s, _, _)| (t, s.index)).collect();
+        let got: Vec<_> = p
+            .round(|_| true)
+            .into_iter()
+            .map(|(t, s, _, _)| (t, s.index))
+            .collect();
         assert_eq!(got, vec![(1, 1), (2, 0), (3, 1)]);
         assert_eq!(p.stats().depth, 1);
         assert_eq!(p.stats().free_slots, 0);
@@ -238,7 +254,11 @@ mod tests {
             worker: "w".into(),
             index: 0,
         });
-        let got: Vec<_> = p.round(|_| true).into_iter().map(|(t, _, _, _)| t).collect();
+        let got: Vec<_> = p
+            .round(|_| true)
+            .into_iter()
+            .map(|(t, _, _, _)| t)
+            .collect();
         assert_eq!(got, vec![4]);
     }
 
@@ -247,7 +267,10 @@ mod tests {
         let mut p = Policy::new(2);
         p.enqueue(1, spec("a"), ()).unwrap();
         p.enqueue(2, spec("a"), ()).unwrap();
-        assert_eq!(p.enqueue(3, spec("a"), ()).unwrap_err().0, Refusal::QueueFull);
+        assert_eq!(
+            p.enqueue(3, spec("a"), ()).unwrap_err().0,
+            Refusal::QueueFull
+        );
         p.enqueue(4, spec("b"), ()).unwrap();
         assert!(p.remove(1));
         assert!(!p.remove(1));
@@ -264,9 +287,16 @@ mod tests {
         p.enqueue(3, spec("a"), 3).unwrap();
         p.mark_full(&sid);
         p.requeue(seq, sp, item);
-        assert!(p.round(|_| true).is_empty(), "a busy shard gets nothing until reported");
+        assert!(
+            p.round(|_| true).is_empty(),
+            "a busy shard gets nothing until reported"
+        );
         p.report(&"w".into(), vec![shard("w", 0, 3)]);
-        let got: Vec<_> = p.round(|_| true).into_iter().map(|(t, _, _, _)| t).collect();
+        let got: Vec<_> = p
+            .round(|_| true)
+            .into_iter()
+            .map(|(t, _, _, _)| t)
+            .collect();
         assert_eq!(got, vec![1, 2, 3]);
     }
 
@@ -276,7 +306,11 @@ mod tests {
         p.report(&"w".into(), vec![shard("w", 0, 1)]);
         p.enqueue(1, spec("a"), 1).unwrap();
         p.enqueue(2, spec("a"), 2).unwrap();
-        let got: Vec<_> = p.round(|&t| t != 1).into_iter().map(|(t, _, _, _)| t).collect();
+        let got: Vec<_> = p
+            .round(|&t| t != 1)
+            .into_iter()
+            .map(|(t, _, _, _)| t)
+            .collect();
         assert_eq!(got, vec![2]);
         assert_eq!(p.stats().depth, 0);
         assert!(p.stats().per_tenant.is_empty());

@@ -24,8 +24,11 @@ impl RequestId {
             return None;
         }
         let id = u128::from_str_radix(trace, 16).ok()?;
-        (id != 0 && trace.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-            .then_some(RequestId(id))
+        (id != 0
+            && trace
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .then_some(RequestId(id))
     }
 
     /// A `traceparent` header for a child call made under this trace.

@@ -237,7 +237,8 @@ mod tests {
 
     #[test]
     fn forwarded_body_omits_absent_fields() {
-        let r: CompletionRequest = serde_json::from_str(r#"{"prompt":["a","b"],"max_tokens":5}"#).unwrap();
+        let r: CompletionRequest =
+            serde_json::from_str(r#"{"prompt":["a","b"],"max_tokens":5}"#).unwrap();
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
             r#"{"prompt":["a","b"],"max_tokens":5}"#

@@ -126,6 +126,8 @@ mod tests {
             "your-super-secret-jwt-key-change-in-production"
         ));
         assert!(is_published_example(" Secret_XYZ789 "));
-        assert!(!is_published_example("a-real-secret-of-decent-length-0123456789"));
+        assert!(!is_published_example(
+            "a-real-secret-of-decent-length-0123456789"
+        ));
     }
 }

@@ -15,7 +15,12 @@ pub const MIN_HS256_SECRET_BYTES: usize = 32;
 struct Issues(Vec<ConfigIssue>);
 
 impl Issues {
-    fn push(&mut self, key: impl Into<String>, value: impl std::fmt::Debug, rule: impl Into<String>) {
+    fn push(
+        &mut self,
+        key: impl Into<String>,
+        value: impl std::fmt::Debug,
+        rule: impl Into<String>,
+    ) {
         self.0.push(ConfigIssue {
             key: key.into(),
             value: format!("{value:?}"),
@@ -163,7 +168,11 @@ fn auth(is: &mut Issues, a: RawAuth, role: Role) -> AuthConfig {
     };
     let ttl = is.positive("auth.token_ttl_secs", a.token_ttl_secs, 3600);
     if ttl > 86_400 {
-        is.push("auth.token_ttl_secs", ttl, "must be at most 86400 (one day)");
+        is.push(
+            "auth.token_ttl_secs",
+            ttl,
+            "must be at most 86400 (one day)",
+        );
     }
     let hs256_secret = is.secret("auth.hs256_secret", a.hs256_secret);
     match &hs256_secret {
@@ -204,14 +213,22 @@ fn auth(is: &mut Issues, a: RawAuth, role: Role) -> AuthConfig {
 fn redis(is: &mut Issues, r: RawRedis) -> RedisConfig {
     let url = r.url.unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-        is.push("redis.url", "(url)", "must start with redis:// or rediss://");
+        is.push(
+            "redis.url",
+            "(url)",
+            "must start with redis:// or rediss://",
+        );
     }
     let on_failure = match r.on_failure.as_deref().unwrap_or("local") {
         "local" => RedisFailureMode::Local,
         "open" => RedisFailureMode::Open,
         "closed" => RedisFailureMode::Closed,
         other => {
-            is.push("redis.on_failure", other, "must be one of local, open, closed");
+            is.push(
+                "redis.on_failure",
+                other,
+                "must be one of local, open, closed",
+            );
             RedisFailureMode::Local
         }
     };
@@ -258,7 +275,14 @@ fn tenants(is: &mut Issues, raw: Vec<RawTenant>) -> Vec<TenantConfig> {
             id: t.id,
             priority,
             weight,
-            limits: limits(is, &key(""), t.rpm, t.tpm, t.max_concurrency, t.daily_tokens),
+            limits: limits(
+                is,
+                &key(""),
+                t.rpm,
+                t.tpm,
+                t.max_concurrency,
+                t.daily_tokens,
+            ),
         });
     }
     out
@@ -279,7 +303,11 @@ fn limits(
         ("daily_tokens", daily_tokens),
     ] {
         if v == Some(0) {
-            is.push(format!("{prefix}{name}"), 0, "must be greater than 0 (omit it for no limit)");
+            is.push(
+                format!("{prefix}{name}"),
+                0,
+                "must be greater than 0 (omit it for no limit)",
+            );
         }
     }
     Limits {
@@ -322,15 +350,27 @@ fn clients(is: &mut Issues, raw: Vec<RawClient>, tenants: &[TenantConfig]) -> Ve
             },
             (None, Some(h)) if h.starts_with("$argon2id$") => Some(ClientCredential::Hash(h)),
             (None, Some(_)) => {
-                is.push(key("secret_hash"), "(hash)", "must be an argon2id PHC string ($argon2id$...)");
+                is.push(
+                    key("secret_hash"),
+                    "(hash)",
+                    "must be an argon2id PHC string ($argon2id$...)",
+                );
                 None
             }
             (Some(_), Some(_)) => {
-                is.push(key("secret"), "(both)", "give either secret or secret_hash, not both");
+                is.push(
+                    key("secret"),
+                    "(both)",
+                    "give either secret or secret_hash, not both",
+                );
                 None
             }
             (None, None) => {
-                is.push(key("secret"), "(absent)", "one of secret or secret_hash is required");
+                is.push(
+                    key("secret"),
+                    "(absent)",
+                    "one of secret or secret_hash is required",
+                );
                 None
             }
         };
@@ -339,7 +379,11 @@ fn clients(is: &mut Issues, raw: Vec<RawClient>, tenants: &[TenantConfig]) -> Ve
             match Scope::parse(&s) {
                 Some(sc) if !scopes.contains(&sc) => scopes.push(sc),
                 Some(_) => {}
-                None => is.push(key("scopes"), &s, "each scope must be one of infer, admin, dev"),
+                None => is.push(
+                    key("scopes"),
+                    &s,
+                    "each scope must be one of infer, admin, dev",
+                ),
             }
         }
         out.push(ClientConfig {
@@ -347,7 +391,14 @@ fn clients(is: &mut Issues, raw: Vec<RawClient>, tenants: &[TenantConfig]) -> Ve
             credential: credential.unwrap_or(ClientCredential::Hash(String::new())),
             tenant: c.tenant,
             scopes,
-            limits: limits(is, &key(""), c.rpm, c.tpm, c.max_concurrency, c.daily_tokens),
+            limits: limits(
+                is,
+                &key(""),
+                c.rpm,
+                c.tpm,
+                c.max_concurrency,
+                c.daily_tokens,
+            ),
             disabled: c.disabled.unwrap_or(false),
         });
     }
@@ -360,14 +411,22 @@ fn worker(is: &mut Issues, w: RawWorker) -> WorkerConfig {
     for (i, s) in shards.iter().enumerate() {
         is.url(&format!("worker.shards[{i}]"), s);
     }
-    let max_inflight = is.positive("worker.max_inflight_per_shard", w.max_inflight_per_shard, 256);
+    let max_inflight = is.positive(
+        "worker.max_inflight_per_shard",
+        w.max_inflight_per_shard,
+        256,
+    );
     if max_inflight > 100_000 {
-        is.push("worker.max_inflight_per_shard", max_inflight, "must be at most 100000");
+        is.push(
+            "worker.max_inflight_per_shard",
+            max_inflight,
+            "must be at most 100000",
+        );
     }
-    if let Some(id) = &w.id {
-        if !valid_id(id) {
-            is.push("worker.id", id, ID_RULE);
-        }
+    if let Some(id) = &w.id
+        && !valid_id(id)
+    {
+        is.push("worker.id", id, ID_RULE);
     }
     let poll = is.positive("worker.poll_interval_ms", w.poll_interval_ms, 100);
     WorkerConfig {
@@ -424,20 +483,22 @@ fn telemetry(is: &mut Issues, t: RawTelemetry) -> TelemetryConfig {
 }
 
 fn sim(is: &mut Issues, s: RawSim) -> SimConfig {
-    if let Some(p) = s.preset.as_deref() {
-        if p != "h200" && p != "h100" {
-            is.push("sim.preset", p, "must be h200 or h100");
-        }
+    if let Some(p) = s.preset.as_deref()
+        && p != "h200"
+        && p != "h100"
+    {
+        is.push("sim.preset", p, "must be h200 or h100");
     }
-    if let Some(p) = s.scheduling_policy.as_deref() {
-        if p != "fcfs" && p != "priority" {
-            is.push("sim.scheduling_policy", p, "must be fcfs or priority");
-        }
+    if let Some(p) = s.scheduling_policy.as_deref()
+        && p != "fcfs"
+        && p != "priority"
+    {
+        is.push("sim.scheduling_policy", p, "must be fcfs or priority");
     }
-    if let Some(t) = s.time_scale {
-        if !(t.is_finite() && t > 0.0) {
-            is.push("sim.time_scale", t, "must be a positive number");
-        }
+    if let Some(t) = s.time_scale
+        && !(t.is_finite() && t > 0.0)
+    {
+        is.push("sim.time_scale", t, "must be a positive number");
     }
     SimConfig {
         host: s.host,
@@ -461,7 +522,9 @@ mod tests {
 
     fn raw(toml: &str) -> RawConfig {
         use figment::providers::{Format, Toml};
-        figment::Figment::from(Toml::string(toml)).extract().unwrap()
+        figment::Figment::from(Toml::string(toml))
+            .extract()
+            .unwrap()
     }
 
     #[test]
@@ -474,10 +537,19 @@ mod tests {
         let keys: Vec<_> = issues.iter().map(|i| i.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["gateway.listen", "gateway.max_body_bytes", "auth.hs256_secret", "clients[0].tenant", "cluster.secret"]
+            [
+                "gateway.listen",
+                "gateway.max_body_bytes",
+                "auth.hs256_secret",
+                "clients[0].tenant",
+                "cluster.secret"
+            ]
         );
         assert_eq!(issues[0].value, "\"x\"");
-        assert!(!issues.iter().any(|i| i.value.contains("short")), "secret values are never echoed");
+        assert!(
+            !issues.iter().any(|i| i.value.contains("short")),
+            "secret values are never echoed"
+        );
     }
 
     #[test]
