@@ -1,0 +1,188 @@
+//! `tollgate bench`: a closed-loop load generator. N concurrent clients send
+//! small chat completions back to back; the report gives requests/s and
+//! latency percentiles. Points at a gateway (with client credentials) or
+//! straight at a vLLM server / `tollgate sim` (without), so the two can be compared.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{CmdResult, Failure};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Base URL of a gateway or a vLLM server (e.g. http://127.0.0.1:8080).
+    #[arg(long)]
+    url: String,
+    /// Client id to get a token with (gateway only).
+    #[arg(long, requires = "client_secret")]
+    client_id: Option<String>,
+    /// Client secret (gateway only); also read from TOLLGATE_BENCH_SECRET.
+    #[arg(long, env = "TOLLGATE_BENCH_SECRET", hide_env_values = true)]
+    client_secret: Option<String>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Requests in all.
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Requests sent before measuring starts.
+    #[arg(long, default_value_t = 200)]
+    warmup: usize,
+    /// max_tokens of each request.
+    #[arg(long, default_value_t = 8)]
+    max_tokens: u32,
+    /// Stream the answers (SSE).
+    #[arg(long)]
+    stream: bool,
+    /// A label for the report.
+    #[arg(long, default_value = "run")]
+    label: String,
+}
+
+#[derive(Serialize)]
+struct Report {
+    label: String,
+    requests: usize,
+    errors: usize,
+    concurrency: usize,
+    seconds: f64,
+    requests_per_sec: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+async fn token(
+    http: &reqwest::Client,
+    url: &str,
+    id: &str,
+    secret: &str,
+) -> anyhow::Result<String> {
+    #[derive(serde::Deserialize)]
+    struct Token {
+        access_token: String,
+    }
+    let resp = http
+        .post(format!("{url}/oauth/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(resp.json::<Token>().await?.access_token)
+}
+
+async fn one(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut req = http.post(format!("{url}/v1/chat/completions")).json(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    // Read the whole answer: for streams, the last event.
+    let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
+    }
+    Ok(start.elapsed())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+}
+
+pub async fn run(args: BenchArgs) -> CmdResult {
+    let url = args.url.trim_end_matches('/').to_owned();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| Failure::Other(e.into()))?;
+    let token = match (&args.client_id, &args.client_secret) {
+        (Some(id), Some(secret)) => Some(token(&http, &url, id, secret).await?),
+        _ => None,
+    };
+    let body = serde_json::json!({
+        "model": "Qwen/Qwen2.5-7B-Instruct",
+        "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
+        "max_tokens": args.max_tokens,
+        "stream": args.stream,
+    });
+    let run_phase = |n: usize| {
+        let (http, url, token, body) = (http.clone(), url.clone(), token.clone(), body.clone());
+        let concurrency = args.concurrency.max(1);
+        async move {
+            let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..concurrency {
+                let (http, url, token, body, next) = (
+                    http.clone(),
+                    url.clone(),
+                    token.clone(),
+                    body.clone(),
+                    next.clone(),
+                );
+                tasks.spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut errors = Vec::new();
+                    while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                        match one(&http, &url, token.as_deref(), &body).await {
+                            Ok(d) => lat.push(d),
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                    (lat, errors)
+                });
+            }
+            let mut lat = Vec::with_capacity(n);
+            let mut errors = Vec::new();
+            while let Some(r) = tasks.join_next().await {
+                if let Ok((l, e)) = r {
+                    lat.extend(l);
+                    errors.extend(e);
+                }
+            }
+            (lat, errors)
+        }
+    };
+    run_phase(args.warmup).await;
+    let started = Instant::now();
+    let (mut lat, errors) = run_phase(args.requests).await;
+    let seconds = started.elapsed().as_secs_f64();
+    lat.sort();
+    let report = Report {
+        label: args.label,
+        requests: lat.len(),
+        errors: errors.len(),
+        concurrency: args.concurrency,
+        seconds,
+        requests_per_sec: lat.len() as f64 / seconds.max(1e-9),
+        p50_ms: percentile(&lat, 50.0),
+        p90_ms: percentile(&lat, 90.0),
+        p99_ms: percentile(&lat, 99.0),
+        max_ms: lat.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+    };
+    if let Some(e) = errors.first() {
+        tracing::warn!(count = errors.len(), first = %e, "requests failed");
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string(&report).map_err(|e| Failure::Other(e.into()))?
+    )?;
+    Ok(())
+}

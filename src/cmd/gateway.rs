@@ -1,0 +1,35 @@
+//! `tollgate gateway`: one gateway replica, the scheduler inside it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use tollgate_shared::config::Role;
+
+use super::{CmdResult, Failure, Running, bind, load, serve_until_signal};
+
+#[derive(clap::Args)]
+pub struct GatewayArgs {
+    /// Address to listen on (overrides gateway.listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// A worker URL (repeatable; overrides gateway.workers).
+    #[arg(long = "worker")]
+    workers: Vec<String>,
+}
+
+pub async fn run(path: Option<&Path>, args: GatewayArgs) -> CmdResult {
+    let mut config = load(path, Role::Gateway)?;
+    if let Some(listen) = args.listen {
+        config.gateway.listen = listen;
+    }
+    if !args.workers.is_empty() {
+        config.gateway.workers = args.workers;
+    }
+    let grace = config.shutdown_grace;
+    let listener = bind(config.gateway.listen)?;
+    let addr = listener.local_addr()?;
+    let (_runtime, server) = tollgate_gateway::start(config, listener)
+        .map_err(|e| Failure::Other(anyhow::anyhow!(e)))?;
+    tracing::info!(role = "gateway", addr = %addr, "listening");
+    serve_until_signal(vec![Running::spawn("gateway", server)], grace, || {}).await
+}
