@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate_scheduler::{Scheduler, SchedulerHandle};
 use tollgate_shared::config::Config;
 
+use crate::audit::{Audit, AuditWriter};
 use crate::auth::{Registry, TokenService};
 use crate::http;
 use crate::pool::Pool;
@@ -23,13 +24,30 @@ pub struct Gateway {
     pub tokens: TokenService,
     pub scheduler: SchedulerHandle,
     pub pool: Arc<Pool>,
+    pub audit: Audit,
 }
 
 /// A running gateway. Dropping it stops the scheduler and the pool's pollers.
 pub struct GatewayRuntime {
     _scheduler: Scheduler,
+    audit: Option<AuditWriter>,
     stop: CancellationToken,
     pollers: Vec<JoinHandle<()>>,
+}
+
+impl GatewayRuntime {
+    /// Stops background work and waits until every audit record is written.
+    /// Call after the HTTP server has stopped (its handlers hold audit handles).
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        if let Some(w) = self.audit.take()
+            && tokio::time::timeout(Duration::from_secs(5), w.finish())
+                .await
+                .is_err()
+        {
+            tracing::error!("audit records were still pending at exit");
+        }
+    }
 }
 
 impl Drop for GatewayRuntime {
@@ -54,6 +72,8 @@ pub fn start(config: Config, listener: TcpListener) -> Result<(GatewayRuntime, S
         .secret
         .clone()
         .ok_or("cluster.secret is required to reach workers")?;
+    let (audit, audit_writer) = Audit::start(config.telemetry.audit_log.clone())
+        .map_err(|e| format!("cannot open the audit log: {e}"))?;
     let scheduler = Scheduler::start(config.scheduler.max_queue_per_tenant);
     let pool = Arc::new(Pool::new(&config.gateway.workers, cluster_secret)?);
     let stop = CancellationToken::new();
@@ -64,6 +84,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<(GatewayRuntime, S
         tokens,
         scheduler: scheduler.handle(),
         pool,
+        audit,
     });
     let server =
         HttpServer::new(move || App::new().configure(|c| http::configure(c, gateway.clone())))
@@ -75,6 +96,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<(GatewayRuntime, S
     Ok((
         GatewayRuntime {
             _scheduler: scheduler,
+            audit: Some(audit_writer),
             stop,
             pollers,
         },

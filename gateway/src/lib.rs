@@ -1,5 +1,6 @@
 //! The gateway: the OpenAI-compatible front door of a Tollgate cluster.
 //!
+//! - `audit`: the durable audit trail (JSON lines)
 //! - `app`: shared state and assembly (registry, tokens, scheduler, pool, server)
 //! - `http`: routes and handlers
 //! - `auth`: authentication (JWT), authorization (scopes), the client registry
@@ -10,6 +11,7 @@
 //! - `error`: the error type and its one mapping to HTTP
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod dispatch;
 pub mod error;

@@ -6,10 +6,16 @@
 //! - `worker_api`: the internal gateway ↔ worker API
 //! - `ids`: request ids (W3C trace ids) and `traceparent`
 //! - `telemetry`: JSON logging setup
+//! - `store`: the Redis access layer
+//! - `testing`: a real redis-server per test (feature `test-support`)
 
 pub mod config;
 pub mod ids;
 pub mod openai;
 pub mod secret;
+pub mod store;
 pub mod telemetry;
 pub mod worker_api;
+
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;

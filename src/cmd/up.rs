@@ -165,6 +165,9 @@ pub async fn run(path: Option<&Path>, args: UpArgs) -> CmdResult {
     if let Some(listen) = args.listen {
         config.gateway.listen = listen;
     }
+    if config.telemetry.audit_log.is_none() {
+        config.telemetry.audit_log = Some(args.state_dir.join("audit.jsonl"));
+    }
 
     let (shard_urls, sims) = if args.vllm.is_empty() {
         start_sims(&config.sim, args.shards.max(1))?
@@ -195,7 +198,7 @@ pub async fn run(path: Option<&Path>, args: UpArgs) -> CmdResult {
     let grace = config.shutdown_grace;
     let gateway_listener = bind(config.gateway.listen)?;
     let gateway_addr = gateway_listener.local_addr()?;
-    let (_runtime, gateway_server) = tollgate_gateway::start(config, gateway_listener)
+    let (runtime, gateway_server) = tollgate_gateway::start(config, gateway_listener)
         .map_err(|e| Failure::Other(anyhow::anyhow!(e)))?;
     tracing::info!(role = "gateway", addr = %gateway_addr, "listening");
     announce(gateway_addr, &args.state_dir, demo.as_ref())?;
@@ -206,7 +209,9 @@ pub async fn run(path: Option<&Path>, args: UpArgs) -> CmdResult {
         Running::spawn("worker", worker_server),
     ];
     servers.extend(sims);
-    serve_until_signal(servers, grace, || node.drain()).await
+    let result = serve_until_signal(servers, grace, || node.drain()).await;
+    runtime.shutdown().await;
+    result
 }
 
 /// Tells the person at the terminal where Tollgate is and how to get in.
