@@ -10,8 +10,12 @@ use actix_web::dev::Server;
 use actix_web::{App, HttpServer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tollgate_shared::breaker::BreakerConfig;
 use tollgate_shared::secret::Secret;
+use tollgate_shared::store::Redis;
+use tollgate_shared::worker_api::registry::WorkerRecord;
 
+use crate::registration::Registration;
 use crate::server::{NodeState, configure};
 use crate::shard::Shard;
 
@@ -22,13 +26,21 @@ pub struct NodeSettings {
     pub poll_interval: Duration,
     pub secret: Secret,
     pub shutdown_grace: Duration,
+    /// Each shard's circuit breaker.
+    pub breaker: BreakerConfig,
+    /// Where to register for discovery, and the URL gateways reach this node
+    /// at; `None`: gateways list the node in their static config.
+    pub registry: Option<(Redis, String)>,
 }
 
-/// A running worker node. Dropping it stops the shard watchers.
+/// A running worker node. Dropping it stops the shard watchers and the heartbeat.
 pub struct WorkerNode {
     state: Arc<NodeState>,
     stop: CancellationToken,
     watchers: Vec<JoinHandle<()>>,
+    /// Cancelled when the node drains: the registration is deleted at once.
+    deregister: CancellationToken,
+    registration: Option<JoinHandle<()>>,
 }
 
 impl WorkerNode {
@@ -47,7 +59,14 @@ impl WorkerNode {
             .shard_urls
             .iter()
             .enumerate()
-            .map(|(i, url)| Shard::new(i as u32, url, settings.max_inflight_per_shard))
+            .map(|(i, url)| {
+                Shard::new(
+                    i as u32,
+                    url,
+                    settings.max_inflight_per_shard,
+                    settings.breaker,
+                )
+            })
             .collect();
         let stop = CancellationToken::new();
         let watchers = shards
@@ -60,6 +79,20 @@ impl WorkerNode {
                 )
             })
             .collect();
+        let deregister = CancellationToken::new();
+        let registration = match settings.registry {
+            Some((redis, url)) => {
+                let record = WorkerRecord {
+                    id: settings.id.clone(),
+                    url: url.trim_end_matches('/').to_owned(),
+                    shards: shards.len() as u32,
+                };
+                let reg = Registration::new(redis, record).map_err(std::io::Error::other)?;
+                // Owned by the node: stopped by `deregister`, awaited in `shutdown`, aborted on drop.
+                Some(tokio::spawn(reg.run(deregister.clone())))
+            }
+            None => None,
+        };
         let state = Arc::new(NodeState {
             id: settings.id,
             shards,
@@ -70,6 +103,8 @@ impl WorkerNode {
         let app_state = state.clone();
         let server =
             HttpServer::new(move || App::new().configure(|c| configure(c, app_state.clone())))
+                // Small answers and stream chunks go out at once (no Nagle delay).
+                .tcp_nodelay(true)
                 .listen(listener)?
                 .disable_signals()
                 .shutdown_timeout(settings.shutdown_grace.as_secs().max(1))
@@ -79,6 +114,8 @@ impl WorkerNode {
                 state,
                 stop,
                 watchers,
+                deregister,
+                registration,
             },
             server,
         ))
@@ -88,9 +125,24 @@ impl WorkerNode {
         &self.state.id
     }
 
-    /// Stops taking new work; gateways see the node draining in its next load report.
+    /// Stops taking new work and deregisters at once; gateways see the node
+    /// draining in its next load report. In-flight requests go on.
     pub fn drain(&self) {
         self.state.draining.store(true, Ordering::Release);
+        self.deregister.cancel();
+    }
+
+    /// After the server has stopped: waits (briefly) until the registration is
+    /// deleted, so the process does not exit before Redis heard of it.
+    pub async fn shutdown(mut self) {
+        self.deregister.cancel();
+        if let Some(task) = self.registration.take()
+            && tokio::time::timeout(Duration::from_secs(3), task)
+                .await
+                .is_err()
+        {
+            tracing::warn!(id = %self.state.id, "deregistration did not finish in time");
+        }
     }
 
     pub fn shard_count(&self) -> usize {
@@ -103,6 +155,9 @@ impl Drop for WorkerNode {
         self.stop.cancel();
         for w in &self.watchers {
             w.abort();
+        }
+        if let Some(r) = &self.registration {
+            r.abort();
         }
     }
 }

@@ -1,11 +1,19 @@
 //! The relay: one request to one vLLM shard, its answer streamed back
 //! unchanged and unbuffered. Dropping the answer (the gateway hung up)
 //! drops the upstream connection, which aborts the request in vLLM.
+//!
+//! How the request went feeds the shard's circuit breaker: a connect error, a
+//! 5xx before the first byte, or a stream that breaks count as failures; an
+//! answer read to its end counts as a success; a gateway that hangs up tells
+//! nothing.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::Stream;
 use tollgate_shared::worker_api::{
     Endpoint, REQUEST_ID_HEADER, TRACEPARENT_HEADER, WorkerErrorKind,
 };
@@ -25,7 +33,7 @@ pub struct Forwarded {
 pub async fn relay(
     http: &reqwest::Client,
     shard: &Shard,
-    permit: Permit,
+    mut permit: Permit,
     endpoint: Endpoint,
     body: Bytes,
     fwd: Forwarded,
@@ -44,6 +52,7 @@ pub async fn relay(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(shard = shard.index, error = %e, "vLLM unreachable");
+            permit.settle(false);
             return worker_error(
                 WorkerErrorKind::ShardUnavailable,
                 "the shard's vLLM server could not be reached",
@@ -52,23 +61,60 @@ pub async fn relay(
     };
     let status =
         StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    if status.is_server_error() {
+        // vLLM failed before producing anything; its error answer is still passed on.
+        tracing::warn!(
+            shard = shard.index,
+            status = status.as_u16(),
+            "vLLM answered with a server error"
+        );
+        permit.settle(false);
+    }
     let content_type = upstream
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_owned();
-    let index = shard.index;
-    let stream = upstream.bytes_stream().map(move |chunk| {
-        // The permit lives as long as the stream: the slot is busy until the answer is done.
-        let _held = &permit;
-        chunk.map_err(|e| {
-            tracing::warn!(shard = index, error = %e, "vLLM stream broke");
-            actix_web::error::ErrorBadGateway("upstream stream broke")
-        })
-    });
+    let stream = Watched {
+        inner: Box::pin(upstream.bytes_stream()),
+        permit,
+        shard: shard.index,
+    };
     HttpResponse::build(status)
         .content_type(content_type)
         .insert_header(("cache-control", "no-cache"))
         .streaming(stream)
+}
+
+type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// vLLM's answer on its way through. It holds the permit (the slot is busy
+/// until the answer is done) and settles it when the answer ends or breaks.
+struct Watched {
+    inner: Upstream,
+    permit: Permit,
+    shard: u32,
+}
+
+impl Stream for Watched {
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(chunk))),
+            Poll::Ready(Some(Err(e))) => {
+                tracing::warn!(shard = self.shard, error = %e, "vLLM stream broke");
+                self.permit.settle(false);
+                Poll::Ready(Some(Err(actix_web::error::ErrorBadGateway(
+                    "upstream stream broke",
+                ))))
+            }
+            Poll::Ready(None) => {
+                self.permit.settle(true);
+                Poll::Ready(None)
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
+use tollgate_shared::breaker::BreakerState;
 use tollgate_shared::secret::Secret;
 use tollgate_shared::worker_api::{
     Endpoint, LOAD_PATH, REQUEST_ID_HEADER, TRACEPARENT_HEADER, WORKER_ERROR_HEADER,
@@ -13,7 +14,7 @@ use tollgate_shared::worker_api::{
 };
 
 use crate::relay::{Forwarded, relay};
-use crate::shard::Shard;
+use crate::shard::{Refusal, Shard};
 
 /// Largest dispatch body accepted; the gateway enforces its own, smaller limit on clients.
 const MAX_DISPATCH_BYTES: usize = 32 * 1024 * 1024;
@@ -43,6 +44,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: Arc<NodeState>) {
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route(LOAD_PATH, web::get().to(load))
+        .route("/metrics", web::get().to(crate::telemetry::metrics))
         .route(
             "/internal/v1/shards/{index}/{endpoint:.*}",
             web::post().to(dispatch),
@@ -107,14 +109,36 @@ async fn dispatch(
     if !shard.healthy() {
         return worker_error(WorkerErrorKind::ShardUnavailable, "the shard is unhealthy");
     }
-    let Some(permit) = shard.try_admit() else {
-        return worker_error(WorkerErrorKind::Busy, "the shard is at its in-flight limit");
+    let permit = match shard.try_admit() {
+        Ok(p) => p,
+        Err(Refusal::Busy) => {
+            return worker_error(WorkerErrorKind::Busy, "the shard is at its in-flight limit");
+        }
+        Err(Refusal::CircuitOpen) => {
+            return worker_error(
+                WorkerErrorKind::ShardUnavailable,
+                "the shard's circuit breaker is open",
+            );
+        }
     };
+    // A child of the gateway's span; vLLM gets this span's traceparent.
+    let span = crate::telemetry::dispatch_span(
+        header(&req, TRACEPARENT_HEADER).as_deref(),
+        &state.id,
+        shard.index,
+        endpoint.suffix(),
+    );
     let fwd = Forwarded {
         request_id: header(&req, REQUEST_ID_HEADER),
-        traceparent: header(&req, TRACEPARENT_HEADER),
+        traceparent: tollgate_shared::telemetry::traceparent(&span)
+            .or_else(|| header(&req, TRACEPARENT_HEADER)),
     };
-    relay(&state.http, shard, permit, endpoint, body, fwd).await
+    let resp = tracing::Instrument::instrument(
+        relay(&state.http, shard, permit, endpoint, body, fwd),
+        span.clone(),
+    )
+    .await;
+    crate::telemetry::traced(resp, span)
 }
 
 async fn load(req: HttpRequest, state: web::Data<NodeState>) -> HttpResponse {
@@ -132,7 +156,11 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<NodeState>) -> HttpResponse {
-    let ready = !state.draining.load(Ordering::Acquire) && state.shards.iter().any(|s| s.healthy());
+    let ready = !state.draining.load(Ordering::Acquire)
+        && state
+            .shards
+            .iter()
+            .any(|s| s.healthy() && s.breaker_state() != BreakerState::Open);
     let status = if ready {
         StatusCode::OK
     } else {

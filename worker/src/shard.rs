@@ -1,12 +1,15 @@
 //! A shard: one vLLM server on this node. It tracks health and load (scraped
-//! from vLLM) and admits requests up to `max_inflight`.
+//! from vLLM), admits requests up to `max_inflight`, and keeps a circuit
+//! breaker that relay failures open and a health probe plus one trial
+//! request close again.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use tollgate_shared::breaker::{Admit, Breaker, BreakerConfig, BreakerState, Transition};
 use tollgate_shared::worker_api::ShardLoad;
 
 use crate::vllm_metrics;
@@ -21,21 +24,57 @@ pub struct Shard {
     running: AtomicU32,
     waiting: AtomicU32,
     kv_usage_bits: AtomicU64,
+    /// Mean inter-token latency (ms) between the last two scrapes; NaN: no tokens.
+    itl_ms_bits: AtomicU64,
+    /// The ITL histogram's (sum, count) at the last scrape.
+    itl_seen: Mutex<(f64, f64)>,
     max_model_len: AtomicU64,
     model: Mutex<Option<String>>,
+    breaker: Mutex<Breaker>,
 }
 
-/// A slot on a shard; dropping it frees the slot.
-pub struct Permit(Arc<Shard>);
+/// Why a shard did not admit a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Every slot is taken.
+    Busy,
+    /// The circuit breaker is open (or its one trial is under way).
+    CircuitOpen,
+}
+
+/// A slot on a shard; dropping it frees the slot. Its holder tells how the
+/// request went ([`Permit::settle`]), which feeds the breaker.
+pub struct Permit {
+    shard: Arc<Shard>,
+    trial: bool,
+    settled: bool,
+}
+
+impl Permit {
+    /// Reports the request's result to the breaker (once; later calls are ignored).
+    pub fn settle(&mut self, ok: bool) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        self.shard.record(ok, self.trial);
+    }
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+        if !self.settled && self.trial {
+            // The gateway left before the trial told anything: let another request try.
+            self.shard.with_breaker(|b| {
+                b.on_abandoned();
+                Transition::None
+            });
+        }
+        self.shard.inflight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Shard {
-    pub fn new(index: u32, url: &str, max_inflight: u32) -> Arc<Shard> {
+    pub fn new(index: u32, url: &str, max_inflight: u32, breaker: BreakerConfig) -> Arc<Shard> {
         Arc::new(Shard {
             index,
             url: url.trim_end_matches('/').to_owned(),
@@ -45,29 +84,106 @@ impl Shard {
             running: AtomicU32::new(0),
             waiting: AtomicU32::new(0),
             kv_usage_bits: AtomicU64::new(0),
+            itl_ms_bits: AtomicU64::new(f64::NAN.to_bits()),
+            itl_seen: Mutex::new((0.0, 0.0)),
             max_model_len: AtomicU64::new(0),
             model: Mutex::new(None),
+            breaker: Mutex::new(Breaker::new(breaker)),
         })
     }
 
+    /// Health as `/health` last answered (the breaker aside).
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
     }
 
-    /// Takes a slot if one is free: the worker is the authoritative admission point.
-    pub fn try_admit(self: &Arc<Self>) -> Option<Permit> {
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker
+            .lock()
+            .map(|b| b.state())
+            .unwrap_or(BreakerState::Open)
+    }
+
+    /// Takes a slot if one is free and the breaker lets the request through:
+    /// the worker is the authoritative admission point.
+    pub fn try_admit(self: &Arc<Self>) -> Result<Permit, Refusal> {
         self.inflight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max_inflight).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Permit(self.clone()))
+            .map_err(|_| Refusal::Busy)?;
+        // The slot is taken first so a refused breaker never strands a trial.
+        let mut permit = Permit {
+            shard: self.clone(),
+            trial: false,
+            settled: false,
+        };
+        let admit = self
+            .breaker
+            .lock()
+            .map(|mut b| b.admit())
+            .unwrap_or(Admit::No);
+        match admit {
+            Admit::Yes => Ok(permit),
+            Admit::Trial => {
+                permit.trial = true;
+                tracing::info!(shard = self.index, url = %self.url, "circuit half-open: sending a trial request");
+                Ok(permit)
+            }
+            Admit::No => {
+                // Not a verdict: dropping the permit only frees the slot.
+                permit.settled = true;
+                Err(Refusal::CircuitOpen)
+            }
+        }
+    }
+
+    fn record(&self, ok: bool, trial: bool) {
+        let now = Instant::now();
+        self.with_breaker(|b| {
+            if ok {
+                b.on_success(trial)
+            } else {
+                b.on_failure(trial, now)
+            }
+        });
+    }
+
+    /// Runs `f` on the breaker and logs the transition it reports.
+    fn with_breaker(&self, f: impl FnOnce(&mut Breaker) -> Transition) {
+        let Ok(mut b) = self.breaker.lock() else {
+            return;
+        };
+        match f(&mut b) {
+            Transition::None => {}
+            Transition::Opened => {
+                tracing::warn!(shard = self.index, url = %self.url, breaker = "open", "shard circuit opened")
+            }
+            Transition::HalfOpened => {
+                tracing::info!(shard = self.index, url = %self.url, breaker = "half_open", "shard circuit half-open")
+            }
+            Transition::Closed => {
+                tracing::info!(shard = self.index, url = %self.url, breaker = "closed", "shard circuit closed")
+            }
+        }
     }
 
     pub fn load(&self, draining: bool) -> ShardLoad {
         let inflight = self.inflight.load(Ordering::Acquire);
-        let healthy = self.healthy();
+        let (breaker, breaker_room) = self
+            .breaker
+            .lock()
+            .map(|b| (b.state(), b.capacity()))
+            .unwrap_or((BreakerState::Open, Some(0)));
+        // An open breaker takes the shard out, whatever `/health` says.
+        let healthy = self.healthy() && breaker != BreakerState::Open;
         let max_model_len = self.max_model_len.load(Ordering::Acquire);
+        let free_slots = if healthy && !draining {
+            let room = self.max_inflight.saturating_sub(inflight);
+            breaker_room.map_or(room, |b| room.min(b))
+        } else {
+            0
+        };
         ShardLoad {
             index: self.index,
             healthy,
@@ -78,15 +194,15 @@ impl Shard {
             kv_cache_usage: f64::from_bits(self.kv_usage_bits.load(Ordering::Acquire)),
             inflight,
             max_inflight: self.max_inflight,
-            free_slots: if healthy && !draining {
-                self.max_inflight.saturating_sub(inflight)
-            } else {
-                0
-            },
+            free_slots,
+            breaker,
+            inter_token_latency_ms: Some(f64::from_bits(self.itl_ms_bits.load(Ordering::Acquire)))
+                .filter(|v| v.is_finite()),
         }
     }
 
-    /// Scrapes health and load every `interval` until `stop` fires.
+    /// Scrapes health and load every `interval` until `stop` fires; the
+    /// health check doubles as the breaker's probe once its cool-down is over.
     pub async fn watch(
         self: Arc<Self>,
         http: reqwest::Client,
@@ -107,6 +223,14 @@ impl Shard {
             if was != ok {
                 tracing::info!(shard = self.index, url = %self.url, healthy = ok, "shard health changed");
             }
+            let now = Instant::now();
+            self.with_breaker(|b| {
+                if b.probe_due(now) || b.state() == BreakerState::HalfOpen {
+                    b.on_probe(ok, now)
+                } else {
+                    Transition::None
+                }
+            });
         }
     }
 
@@ -141,6 +265,12 @@ impl Shard {
             load.kv_cache_usage.clamp(0.0, 1.0).to_bits(),
             Ordering::Release,
         );
+        if let Ok(mut seen) = self.itl_seen.lock() {
+            let itl = recent_mean_ms(*seen, (load.itl_sum, load.itl_count));
+            self.itl_ms_bits
+                .store(itl.unwrap_or(f64::NAN).to_bits(), Ordering::Release);
+            *seen = (load.itl_sum, load.itl_count);
+        }
         true
     }
 
@@ -178,27 +308,89 @@ impl Shard {
     }
 }
 
+/// The mean of a histogram's samples between two scrapes, in ms; `None`
+/// when nothing was observed in between (or vLLM restarted and its counters
+/// went back to zero).
+fn recent_mean_ms((sum0, count0): (f64, f64), (sum1, count1): (f64, f64)) -> Option<f64> {
+    let n = count1 - count0;
+    (n > 0.0 && sum1 >= sum0).then(|| (sum1 - sum0) / n * 1e3)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn shard(max: u32) -> Arc<Shard> {
+        let s = Shard::new(
+            0,
+            "http://127.0.0.1:1/",
+            max,
+            BreakerConfig {
+                failure_threshold: 2,
+                cool_down: Duration::ZERO,
+            },
+        );
+        s.healthy.store(true, Ordering::Release);
+        s
+    }
+
     #[test]
     fn admission_stops_at_max_inflight_and_permits_free_slots() {
-        let s = Shard::new(0, "http://127.0.0.1:1/", 2);
+        let s = shard(2);
         assert_eq!(s.url, "http://127.0.0.1:1");
         let a = s.try_admit().unwrap();
         let _b = s.try_admit().unwrap();
-        assert!(s.try_admit().is_none());
+        assert_eq!(s.try_admit().err(), Some(Refusal::Busy));
         drop(a);
-        assert!(s.try_admit().is_some());
+        assert!(s.try_admit().is_ok());
+    }
+
+    #[test]
+    fn inter_token_latency_is_the_mean_between_two_scrapes() {
+        assert_eq!(recent_mean_ms((1.0, 100.0), (1.5, 200.0)), Some(5.0));
+        assert_eq!(recent_mean_ms((1.0, 100.0), (1.0, 100.0)), None, "idle");
+        assert_eq!(recent_mean_ms((1.0, 100.0), (0.1, 10.0)), None, "restarted");
     }
 
     #[test]
     fn unhealthy_or_draining_shards_offer_no_slots() {
-        let s = Shard::new(0, "http://x", 4);
+        let s = Shard::new(0, "http://x", 4, BreakerConfig::default());
         assert_eq!(s.load(false).free_slots, 0, "not yet seen healthy");
         s.healthy.store(true, Ordering::Release);
         assert_eq!(s.load(false).free_slots, 4);
         assert_eq!(s.load(true).free_slots, 0);
+    }
+
+    #[test]
+    fn relay_failures_open_the_breaker_and_a_trial_closes_it() {
+        let s = shard(4);
+        for _ in 0..2 {
+            s.try_admit().unwrap().settle(false);
+        }
+        let load = s.load(false);
+        assert_eq!(load.breaker, BreakerState::Open);
+        assert!(!load.healthy, "an open breaker reports the shard unhealthy");
+        assert_eq!(load.free_slots, 0);
+        assert_eq!(s.try_admit().err(), Some(Refusal::CircuitOpen));
+        assert_eq!(
+            s.load(false).inflight,
+            0,
+            "a refused admission frees its slot"
+        );
+
+        // The health probe after the cool-down half-opens it: one trial slot.
+        s.with_breaker(|b| b.on_probe(true, Instant::now()));
+        let load = s.load(false);
+        assert_eq!((load.breaker, load.free_slots), (BreakerState::HalfOpen, 1));
+        let trial = s.try_admit().unwrap();
+        assert_eq!(s.try_admit().err(), Some(Refusal::CircuitOpen));
+        // A trial the gateway abandoned lets the next request try instead.
+        drop(trial);
+        let mut trial = s.try_admit().unwrap();
+        trial.settle(true);
+        trial.settle(false); // only the first verdict counts
+        drop(trial);
+        let load = s.load(false);
+        assert_eq!((load.breaker, load.free_slots), (BreakerState::Closed, 4));
     }
 }

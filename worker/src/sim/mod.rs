@@ -261,6 +261,7 @@ pub fn start(opts: SimOptions, listener: TcpListener) -> std::io::Result<actix_w
     let state = build_state(&opts)?;
     let server_state = state.clone();
     let server = HttpServer::new(move || app(server_state.clone()))
+        .tcp_nodelay(true)
         .workers(opts.http_workers)
         .shutdown_timeout(opts.shutdown_timeout.as_secs())
         .disable_signals()
