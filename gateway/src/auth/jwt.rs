@@ -1,18 +1,28 @@
-//! Access tokens: JWTs signed with HS256 (RFC 9068 profile: `typ: at+jwt`),
-//! verified with the algorithm pinned to the key.
+//! Access tokens: JWTs in the RFC 9068 profile (`typ: at+jwt`), verified as
+//! RFC 8725 asks: size capped before any parsing, the key chosen by `kid`
+//! alone and the algorithm pinned to that key (so `none` and HS/RS confusion
+//! cannot work), unknown `crit` refused, `exp`, `iat`, `nbf`, `iss`, `aud`,
+//! `jti` required, a leeway of 30 s.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{
-    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
-};
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, Header, Validation, decode, encode};
 use serde::{Deserialize, Serialize};
 use tollgate_shared::config::AuthConfig;
+
+use super::keys::KeySet;
 
 /// Bearer tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 4096;
 const TYP: &str = "at+jwt";
-const LEEWAY_SECS: u64 = 30;
+/// Clock skew tolerated on `exp`, `nbf` and `iat` (RFC 8725 suggests minutes at most).
+pub const LEEWAY_SECS: u64 = 30;
+/// The longest lifetime a token may claim (the largest `auth.token_ttl_secs`).
+const MAX_LIFETIME_SECS: u64 = 86_400;
+const MAX_JTI_BYTES: usize = 128;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Claims {
@@ -25,29 +35,52 @@ pub struct Claims {
     pub nbf: u64,
     pub exp: u64,
     pub jti: String,
+    /// The client's credential generation when the token was issued: disabling
+    /// a client or rotating its secret moves it on, which kills older tokens.
+    #[serde(default, rename = "gen")]
+    pub generation: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenError {
-    #[error("the token is too large")]
     TooLarge,
-    #[error("the token is malformed")]
     Malformed,
-    #[error("the token has expired")]
     Expired,
-    #[error("the token is not valid yet")]
     NotYetValid,
-    #[error("the token's signature, issuer or audience is wrong")]
+    /// Signature, key, algorithm, issuer, audience, type or a claim is wrong.
     Invalid,
+}
+
+impl TokenError {
+    /// What the caller is told (RFC 6750 `error_description`) and the metric label.
+    pub fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            TokenError::TooLarge => ("the token is too large", "token_too_large"),
+            TokenError::Malformed => ("the token is malformed", "token_malformed"),
+            TokenError::Expired => ("the token has expired", "token_expired"),
+            TokenError::NotYetValid => ("the token is not valid yet", "token_not_yet_valid"),
+            TokenError::Invalid => ("the token is invalid", "token_invalid"),
+        }
+    }
+}
+
+/// The parts of the JOSE header that decide anything. Everything else
+/// (`jku`, `x5u`, `jwk`, `x5c`...) is ignored: keys come from config only.
+#[derive(Deserialize)]
+struct JoseHeader {
+    alg: String,
+    typ: Option<String>,
+    kid: Option<String>,
+    crit: Option<serde_json::Value>,
 }
 
 pub struct TokenService {
     issuer: String,
     audience: String,
     ttl: Duration,
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
+    keys: KeySet,
+    /// One prepared validation per algorithm in use.
+    validations: Vec<(Algorithm, Validation)>,
 }
 
 pub fn now_secs() -> u64 {
@@ -56,25 +89,32 @@ pub fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+fn validation(alg: Algorithm, cfg: &AuthConfig) -> Validation {
+    let mut v = Validation::new(alg);
+    v.set_issuer(&[cfg.issuer.as_str()]);
+    v.set_audience(&[cfg.audience.as_str()]);
+    v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.leeway = LEEWAY_SECS;
+    v
+}
+
 impl TokenService {
     pub fn new(cfg: &AuthConfig) -> Result<TokenService, String> {
-        let secret = cfg
-            .hs256_secret
-            .as_ref()
-            .ok_or("auth.hs256_secret is required to sign tokens")?;
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[cfg.issuer.as_str()]);
-        validation.set_audience(&[cfg.audience.as_str()]);
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = LEEWAY_SECS;
+        let keys = KeySet::from_config(cfg)?;
+        let mut validations: Vec<(Algorithm, Validation)> = Vec::new();
+        for alg in keys.algorithms() {
+            if !validations.iter().any(|(a, _)| *a == alg) {
+                validations.push((alg, validation(alg, cfg)));
+            }
+        }
         Ok(TokenService {
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
             ttl: cfg.token_ttl,
-            encoding: EncodingKey::from_secret(secret.expose().as_bytes()),
-            decoding: DecodingKey::from_secret(secret.expose().as_bytes()),
-            validation,
+            keys,
+            validations,
         })
     }
 
@@ -82,12 +122,17 @@ impl TokenService {
         self.ttl
     }
 
-    /// Signs a token for `client` of `tenant` with `scope` (space-separated).
+    pub fn jwks(&self) -> JwkSet {
+        self.keys.jwks()
+    }
+
+    /// Signs a token for `client` (credential generation `generation`) of `tenant` with `scope` (space-separated).
     pub fn issue(
         &self,
         client: &str,
         tenant: &str,
         scope: &str,
+        generation: u64,
     ) -> Result<(String, Claims), String> {
         let now = now_secs();
         let claims = Claims {
@@ -100,24 +145,56 @@ impl TokenService {
             nbf: now,
             exp: now + self.ttl.as_secs(),
             jti: uuid::Uuid::new_v4().simple().to_string(),
+            generation,
         };
-        let mut header = Header::new(Algorithm::HS256);
+        let (key, alg, kid) = self.keys.signing();
+        let mut header = Header::new(alg);
         header.typ = Some(TYP.to_owned());
-        let token = encode(&header, &claims, &self.encoding).map_err(|e| e.to_string())?;
+        header.kid = kid.map(str::to_owned);
+        let token = encode(&header, &claims, key).map_err(|e| e.to_string())?;
         Ok((token, claims))
     }
 
-    /// Verifies signature (HS256 only), `typ`, `iss`, `aud`, `exp`, `nbf` and the claim set.
+    /// Verifies a token completely; see the module doc for the rules.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge);
         }
-        let header = decode_header(token).map_err(|_| TokenError::Malformed)?;
-        if header.alg != Algorithm::HS256 || header.typ.as_deref() != Some(TYP) {
+        let mut parts = token.split('.');
+        let (Some(head), Some(_), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let head = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(head)
+            .map_err(|_| TokenError::Malformed)?;
+        let head: JoseHeader = serde_json::from_slice(&head).map_err(|_| TokenError::Malformed)?;
+        // RFC 7515 §4.1.11: an extension we do not understand must not be ignored; we know none.
+        if head.crit.is_some() {
             return Err(TokenError::Invalid);
         }
-        use jsonwebtoken::errors::ErrorKind;
-        decode::<Claims>(token, &self.decoding, &self.validation)
+        let typ_ok = head.typ.as_deref().is_some_and(|t| {
+            t.eq_ignore_ascii_case(TYP) || t.eq_ignore_ascii_case("application/at+jwt")
+        });
+        if !typ_ok {
+            return Err(TokenError::Invalid);
+        }
+        let key = self
+            .keys
+            .find(head.kid.as_deref())
+            .ok_or(TokenError::Invalid)?;
+        // The key decides the algorithm; the header may only agree with it.
+        if key.alg_name != head.alg {
+            return Err(TokenError::Invalid);
+        }
+        let validation = self
+            .validations
+            .iter()
+            .find(|(a, _)| *a == key.alg)
+            .map(|(_, v)| v)
+            .ok_or(TokenError::Invalid)?;
+        let claims = decode::<Claims>(token, &key.decoding, validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -125,73 +202,34 @@ impl TokenService {
                 ErrorKind::InvalidToken
                 | ErrorKind::Base64(_)
                 | ErrorKind::Json(_)
-                | ErrorKind::Utf8(_) => TokenError::Malformed,
+                | ErrorKind::Utf8(_)
+                | ErrorKind::InvalidClaimFormat(_)
+                | ErrorKind::MissingRequiredClaim(_) => TokenError::Malformed,
                 _ => TokenError::Invalid,
-            })
+            })?;
+        check_claims(&claims, now_secs())?;
+        Ok(claims)
     }
+}
+
+/// What the library does not check: `iat` not in the future, a sane
+/// lifetime, a usable `jti`.
+fn check_claims(c: &Claims, now: u64) -> Result<(), TokenError> {
+    if c.iat > now + LEEWAY_SECS {
+        return Err(TokenError::NotYetValid);
+    }
+    if c.exp <= c.iat || c.exp - c.iat > MAX_LIFETIME_SECS + LEEWAY_SECS {
+        return Err(TokenError::Invalid);
+    }
+    let jti_ok = !c.jti.is_empty()
+        && c.jti.len() <= MAX_JTI_BYTES
+        && c.jti.bytes().all(|b| b.is_ascii_graphic());
+    if !jti_ok {
+        return Err(TokenError::Invalid);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tollgate_shared::config::JwtAlgorithm;
-    use tollgate_shared::secret::Secret;
-
-    fn service(secret: &str) -> TokenService {
-        TokenService::new(&AuthConfig {
-            issuer: "tollgate".into(),
-            audience: "tollgate-api".into(),
-            token_ttl: Duration::from_secs(60),
-            algorithm: JwtAlgorithm::HS256,
-            hs256_secret: Some(Secret::new(secret.into())),
-        })
-        .unwrap()
-    }
-
-    const KEY: &str = "0123456789abcdef0123456789abcdef-test";
-
-    #[test]
-    fn issued_tokens_verify_with_their_claims() {
-        let s = service(KEY);
-        let (t, c) = s.issue("c1", "acme", "infer admin").unwrap();
-        let v = s.verify(&t).unwrap();
-        assert_eq!(v, c);
-        assert_eq!(v.exp - v.iat, 60);
-        assert_eq!(v.jti.len(), 32);
-    }
-
-    #[test]
-    fn another_key_or_tampering_is_refused() {
-        let (t, _) = service(KEY).issue("c1", "acme", "infer").unwrap();
-        assert_eq!(
-            service("another-key-of-sufficient-length-000").verify(&t),
-            Err(TokenError::Invalid)
-        );
-        let mut parts: Vec<&str> = t.split('.').collect();
-        let forged_payload = base64_url(
-            r#"{"iss":"tollgate","aud":"tollgate-api","sub":"c1","tid":"acme","scope":"infer admin","iat":1,"nbf":1,"exp":99999999999,"jti":"x"}"#,
-        );
-        parts[1] = &forged_payload;
-        assert_eq!(
-            service(KEY).verify(&parts.join(".")),
-            Err(TokenError::Invalid)
-        );
-    }
-
-    #[test]
-    fn alg_none_and_oversized_tokens_are_refused() {
-        let header = base64_url(r#"{"alg":"none","typ":"at+jwt"}"#);
-        let body = base64_url(r#"{"sub":"c1"}"#);
-        assert!(service(KEY).verify(&format!("{header}.{body}.")).is_err());
-        assert_eq!(
-            service(KEY).verify(&"a".repeat(MAX_TOKEN_BYTES + 1)),
-            Err(TokenError::TooLarge)
-        );
-        assert_eq!(service(KEY).verify("not a jwt"), Err(TokenError::Malformed));
-    }
-
-    fn base64_url(s: &str) -> String {
-        use base64::Engine;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
-    }
-}
+#[path = "jwt_tests.rs"]
+pub(crate) mod tests;
