@@ -7,7 +7,42 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// vLLM's extra request fields an operator may let clients send
+/// (`guardrails.allow_fields`). They change how vLLM serves a request, so the
+/// gateway refuses them unless allowed; any field not known here is refused
+/// by the parser. `cache_salt` is not among them: the gateway always sets it.
+pub const VLLM_EXTRA_FIELDS: &[&str] = &[
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "min_tokens",
+    "ignore_eos",
+    "stop_token_ids",
+    "bad_words",
+    "skip_special_tokens",
+    "include_stop_str_in_output",
+    "priority",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "structured_outputs",
+    "chat_template",
+    "chat_template_kwargs",
+    "add_generation_prompt",
+    "continue_final_message",
+];
+
+/// Names of the `Option` fields of `$req` that are set.
+macro_rules! present {
+    ($req:ident: $($field:ident),* $(,)?) => {{
+        let mut names: Vec<&'static str> = Vec::new();
+        $(if $req.$field.is_some() { names.push(stringify!($field)); })*
+        names
+    }};
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatCompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,6 +80,60 @@ pub struct ChatCompletionRequest {
     pub logit_bias: Option<BTreeMap<String, f32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<serde_json::Value>,
+    // vLLM extras (see VLLM_EXTRA_FIELDS): refused unless the operator allows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_eos: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_token_ids: Option<Vec<u32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad_words: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_special_tokens: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_stop_str_in_output: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided_json: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided_regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided_choice: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided_grammar: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured_outputs: Option<serde_json::Value>,
+    /// Accepted from clients but always replaced: the gateway keys vLLM's
+    /// prefix cache per tenant with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_salt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template_kwargs: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_generation_prompt: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continue_final_message: Option<bool>,
+}
+
+impl ChatCompletionRequest {
+    /// The vLLM extra fields this request sets (`cache_salt` aside).
+    pub fn extras(&self) -> Vec<&'static str> {
+        let r = self;
+        present!(r: top_k, min_p, repetition_penalty, min_tokens, ignore_eos, stop_token_ids,
+            bad_words, skip_special_tokens, include_stop_str_in_output, priority, guided_json,
+            guided_regex, guided_choice, guided_grammar, structured_outputs, chat_template,
+            chat_template_kwargs, add_generation_prompt, continue_final_message)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -158,6 +247,51 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logit_bias: Option<BTreeMap<String, f32>>,
+    // vLLM extras (see VLLM_EXTRA_FIELDS): refused unless the operator allows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_eos: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_token_ids: Option<Vec<u32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad_words: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_special_tokens: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_stop_str_in_output: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided_json: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided_regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided_choice: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided_grammar: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured_outputs: Option<serde_json::Value>,
+    /// Accepted from clients but always replaced: the gateway keys vLLM's
+    /// prefix cache per tenant with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_salt: Option<String>,
+}
+
+impl CompletionRequest {
+    /// The vLLM extra fields this request sets (`cache_salt` aside).
+    pub fn extras(&self) -> Vec<&'static str> {
+        let r = self;
+        present!(r: top_k, min_p, repetition_penalty, min_tokens, ignore_eos, stop_token_ids,
+            bad_words, skip_special_tokens, include_stop_str_in_output, priority, guided_json,
+            guided_regex, guided_choice, guided_grammar, structured_outputs)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -215,11 +349,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unknown_fields_are_refused() {
+    fn unknown_fields_are_refused_and_vllm_extras_are_named() {
         let r: Result<ChatCompletionRequest, _> = serde_json::from_str(
-            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"chat_template":"x"}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"frobnicate":"x"}"#,
         );
-        assert!(r.unwrap_err().to_string().contains("chat_template"));
+        assert!(r.unwrap_err().to_string().contains("frobnicate"));
+        let r: ChatCompletionRequest = serde_json::from_str(
+            r#"{"messages":[{"role":"user","content":"hi"}],"chat_template":"x","ignore_eos":true,"cache_salt":"s"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.extras(), ["ignore_eos", "chat_template"]);
+        let r: CompletionRequest =
+            serde_json::from_str(r#"{"prompt":"x","min_tokens":2,"priority":1}"#).unwrap();
+        assert_eq!(r.extras(), ["min_tokens", "priority"]);
+        for name in r.extras() {
+            assert!(VLLM_EXTRA_FIELDS.contains(&name));
+        }
     }
 
     #[test]
