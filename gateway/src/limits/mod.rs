@@ -1,0 +1,359 @@
+//! Stage `limit`: rate limits, token quotas and concurrency per client and
+//! per tenant, checked and debited in one step, settled when the request ends.
+//!
+//! - `policy`: the arithmetic (sliding windows, leases, daily budget), pure
+//! - `redis`: the same semantics as two Lua scripts (admit, settle), one call each
+//! - `usage`: usage metering for billing (requests and tokens per tenant, client, day)
+//!
+//! With Redis configured every replica shares the counters; when Redis is
+//! unreachable `redis.on_failure` decides: `local` (each replica enforces its
+//! share, limit ÷ `redis.gateway_replicas`, in memory), `open` or `closed` (503).
+
+pub mod policy;
+mod redis;
+pub mod usage;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tollgate_shared::config::{Limits, RedisFailureMode};
+use tollgate_shared::openai::Usage;
+use tollgate_shared::store::Redis;
+
+use policy::Counters;
+pub use policy::{Dim, Headroom, LimitKind, Remaining, Verdict};
+use usage::UsageBook;
+
+/// Who is being limited: a client, its tenant, and the limits of each.
+#[derive(Debug, Clone)]
+pub struct Subject<'a> {
+    pub tenant: &'a str,
+    pub client: &'a str,
+    pub tenant_limits: Limits,
+    pub client_limits: Limits,
+}
+
+/// Refused by a limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Limited {
+        kind: LimitKind,
+        /// `None`: the request alone exceeds the limit and can never pass.
+        retry_after_ms: Option<u64>,
+        headroom: Headroom,
+    },
+    /// Redis is down and `on_failure = "closed"`.
+    Unavailable,
+}
+
+/// Where an admission was counted, so settlement goes to the same place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Shared,
+    Local,
+    Nowhere,
+}
+
+/// An admitted request's claim on the limits. Settle it with [`Limiter::settle`].
+#[derive(Debug)]
+pub struct Ticket {
+    dims: Vec<Dim>,
+    lease_id: String,
+    second: u64,
+    reserved: u64,
+    tenant: String,
+    client: String,
+    place: Place,
+}
+
+pub struct Limiter {
+    redis: Option<Redis>,
+    on_failure: RedisFailureMode,
+    replicas: u64,
+    lease_ttl: Duration,
+    /// The in-memory counters: the only ones without Redis, the fallback with it.
+    local: Mutex<Counters>,
+    book: UsageBook,
+    /// Until this unix-ms, Redis counts as down and is not asked.
+    redis_down_until: AtomicU64,
+}
+
+/// How long Redis is left alone after it failed, before it is tried again.
+const REDIS_RETRY: Duration = Duration::from_secs(1);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Limiter {
+    pub fn new(
+        redis: Option<Redis>,
+        on_failure: RedisFailureMode,
+        replicas: u64,
+        lease_ttl: Duration,
+        usage_retention: Duration,
+    ) -> Arc<Limiter> {
+        Arc::new(Limiter {
+            book: UsageBook::new(redis.clone(), usage_retention),
+            redis,
+            on_failure,
+            replicas: replicas.max(1),
+            lease_ttl,
+            local: Mutex::new(Counters::default()),
+            redis_down_until: AtomicU64::new(0),
+        })
+    }
+
+    pub fn usage(&self) -> &UsageBook {
+        &self.book
+    }
+
+    /// The counters a request of `s` must pass, each limit divided by `share`.
+    /// Keys carry the tenant as hash tag so one script's keys share a cluster slot.
+    fn dims(&self, s: &Subject<'_>, share: u64, prefix: &str) -> Vec<Dim> {
+        let mut dims = Vec::with_capacity(8);
+        let scopes = [
+            (
+                format!("{prefix}{{{}}}:c:{}", s.tenant, s.client),
+                client_effective(&s.client_limits, &s.tenant_limits),
+            ),
+            (format!("{prefix}{{{}}}:t", s.tenant), s.tenant_limits),
+        ];
+        for (base, l) in scopes {
+            for (kind, limit, suffix) in [
+                (LimitKind::RequestsPerMinute, l.rpm, "rpm"),
+                (LimitKind::TokensPerMinute, l.tpm, "tpm"),
+                (LimitKind::Concurrency, l.max_concurrency, "conc"),
+                (LimitKind::DailyTokens, l.daily_tokens, "daily"),
+            ] {
+                if let Some(limit) = limit {
+                    dims.push(Dim {
+                        key: format!("{base}:{suffix}"),
+                        kind,
+                        limit: (limit / share).max(1),
+                    });
+                }
+            }
+        }
+        dims
+    }
+
+    fn redis_up(&self) -> bool {
+        self.redis.is_some() && now_ms() >= self.redis_down_until.load(Ordering::Relaxed)
+    }
+
+    fn mark_redis_down(&self, why: &str) {
+        let was = self
+            .redis_down_until
+            .swap(now_ms() + REDIS_RETRY.as_millis() as u64, Ordering::Relaxed);
+        if was == 0 || now_ms() > was + REDIS_RETRY.as_millis() as u64 {
+            tracing::warn!(error = why, mode = ?self.on_failure, "redis unreachable: limits degrade as configured");
+        }
+    }
+
+    /// Checks and debits every limit of `s` for one request reserving `tokens`.
+    pub async fn admit(&self, s: &Subject<'_>, tokens: u64) -> Result<(Ticket, Headroom), Refusal> {
+        let lease_id = uuid::Uuid::new_v4().simple().to_string();
+        let ttl_ms = self.lease_ttl.as_millis() as u64;
+        if let Some(redis) = self.redis.as_ref().filter(|_| self.redis_up()) {
+            let dims = self.dims(s, 1, redis.prefix());
+            match redis::admit(redis, &dims, &lease_id, tokens, ttl_ms).await {
+                Ok(v) => return self.ticket(v, dims, lease_id, tokens, s, Place::Shared),
+                Err(e) => self.mark_redis_down(&e.to_string()),
+            }
+        }
+        let (place, share) = match (self.redis.is_some(), self.on_failure) {
+            (false, _) => (Place::Local, 1),
+            (true, RedisFailureMode::Local) => (Place::Local, self.replicas),
+            (true, RedisFailureMode::Open) => {
+                let t = Ticket {
+                    dims: Vec::new(),
+                    lease_id,
+                    second: now_ms() / 1000,
+                    reserved: tokens,
+                    tenant: s.tenant.to_owned(),
+                    client: s.client.to_owned(),
+                    place: Place::Nowhere,
+                };
+                return Ok((t, Headroom::default()));
+            }
+            (true, RedisFailureMode::Closed) => return Err(Refusal::Unavailable),
+        };
+        let dims = self.dims(s, share, "local:");
+        let verdict = match self.local.lock() {
+            Ok(mut c) => c.admit(now_ms(), &dims, &lease_id, tokens, ttl_ms),
+            Err(_) => return Err(Refusal::Unavailable),
+        };
+        self.ticket(verdict, dims, lease_id, tokens, s, place)
+    }
+
+    fn ticket(
+        &self,
+        v: Verdict,
+        dims: Vec<Dim>,
+        lease_id: String,
+        reserved: u64,
+        s: &Subject<'_>,
+        place: Place,
+    ) -> Result<(Ticket, Headroom), Refusal> {
+        match v {
+            Verdict::Admitted { second, headroom } => Ok((
+                Ticket {
+                    dims,
+                    lease_id,
+                    second,
+                    reserved,
+                    tenant: s.tenant.to_owned(),
+                    client: s.client.to_owned(),
+                    place,
+                },
+                headroom,
+            )),
+            Verdict::Limited {
+                kind,
+                retry_after_ms,
+                headroom,
+            } => Err(Refusal::Limited {
+                kind,
+                retry_after_ms,
+                headroom,
+            }),
+        }
+    }
+
+    /// The request ended having used `usage`: corrects the token charge, frees
+    /// its leases and meters it. Runs in the background; never fails the request.
+    pub fn settle(self: &Arc<Self>, ticket: Ticket, usage: Usage) {
+        if ticket.place == Place::Shared {
+            let me = self.clone();
+            // Detached on purpose: settlement must not hold the response; if it
+            // fails, the reservation stands and the leases lapse by their TTL.
+            tokio::spawn(async move { me.settle_now(ticket, usage).await });
+        } else {
+            self.settle_local(ticket, &usage);
+        }
+    }
+
+    fn settle_local(&self, ticket: Ticket, usage: &Usage) {
+        if ticket.place == Place::Local
+            && let Ok(mut c) = self.local.lock()
+        {
+            let delta = usage.total_tokens as i64 - ticket.reserved as i64;
+            c.settle(&ticket.dims, &ticket.lease_id, ticket.second, delta);
+        }
+        self.book
+            .record_local(&ticket.tenant, &ticket.client, ticket.second, usage);
+    }
+
+    /// Settles and waits for it to be done.
+    pub async fn settle_now(&self, ticket: Ticket, usage: Usage) {
+        let Some(redis) = self
+            .redis
+            .as_ref()
+            .filter(|_| ticket.place == Place::Shared)
+        else {
+            return self.settle_local(ticket, &usage);
+        };
+        let day = usage::day_of(ticket.second);
+        if let Err(e) = redis::settle(redis, &ticket, day, &usage, self.book.retention()).await {
+            tracing::warn!(error = %e, "could not settle a request's limits; its reservation stands");
+            // Meter it here at least, so billing does not lose the request.
+            self.book
+                .record_local(&ticket.tenant, &ticket.client, ticket.second, &usage);
+        }
+    }
+}
+
+/// A client's own limits, each falling back to its tenant's.
+fn client_effective(client: &Limits, tenant: &Limits) -> Limits {
+    Limits {
+        rpm: client.rpm.or(tenant.rpm),
+        tpm: client.tpm.or(tenant.tpm),
+        max_concurrency: client.max_concurrency.or(tenant.max_concurrency),
+        daily_tokens: client.daily_tokens.or(tenant.daily_tokens),
+    }
+}
+
+/// OpenAI's duration format for `x-ratelimit-reset-*`: `20ms`, `1s`, `6m0s`.
+pub fn reset_text(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = ms.div_ceil(1000);
+    if s < 60 {
+        format!("{s}s")
+    } else {
+        format!("{}m{}s", s / 60, s % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// An admitted request's charge, settled exactly once: with what it used
+/// ([`Charge::finish`]), or, if it ends before reaching vLLM, with nothing
+/// generated (on drop).
+pub struct Charge {
+    limiter: Arc<Limiter>,
+    ticket: Option<Ticket>,
+    prompt_estimate: u64,
+}
+
+impl Charge {
+    pub fn new(limiter: Arc<Limiter>, ticket: Ticket, prompt_estimate: u64) -> Charge {
+        Charge {
+            limiter,
+            ticket: Some(ticket),
+            prompt_estimate,
+        }
+    }
+
+    /// Settles with the usage vLLM reported, or, when a stream was cut before
+    /// its usage chunk, with the prompt estimate and the tokens that were produced.
+    pub fn finish(mut self, reported: Option<Usage>, produced: u64) {
+        let usage = reported.unwrap_or(Usage {
+            prompt_tokens: self.prompt_estimate,
+            completion_tokens: produced,
+            total_tokens: self.prompt_estimate + produced,
+        });
+        if let Some(t) = self.ticket.take() {
+            self.limiter.settle(t, usage);
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket.take() {
+            self.limiter.settle(t, Usage::default());
+        }
+    }
+}
+
+/// OpenAI's `x-ratelimit-*` headers for what is left.
+pub fn headers(h: &Headroom) -> Vec<(&'static str, String)> {
+    let mut out = Vec::with_capacity(6);
+    if let Some(r) = h.requests {
+        out.push(("x-ratelimit-limit-requests", r.limit.to_string()));
+        out.push(("x-ratelimit-remaining-requests", r.remaining.to_string()));
+        out.push(("x-ratelimit-reset-requests", reset_text(r.reset_ms)));
+    }
+    if let Some(t) = h.tokens {
+        out.push(("x-ratelimit-limit-tokens", t.limit.to_string()));
+        out.push(("x-ratelimit-remaining-tokens", t.remaining.to_string()));
+        out.push(("x-ratelimit-reset-tokens", reset_text(t.reset_ms)));
+    }
+    out
+}
+
+/// `Retry-After` in whole seconds: never before the limit would let the
+/// request pass, plus up to a second of jitter so refused clients do not return in step.
+pub fn retry_after_secs(retry_after_ms: Option<u64>) -> u64 {
+    match retry_after_ms {
+        Some(ms) => ms.div_ceil(1000).max(1) + u64::from(rand::random::<bool>()),
+        None => policy::WINDOW_SECS,
+    }
+}

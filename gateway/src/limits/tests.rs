@@ -1,0 +1,292 @@
+//! One suite, two backends: every case runs against the in-memory limiter and
+//! against a real `redis-server`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate_shared::config::{Limits, RedisFailureMode};
+use tollgate_shared::openai::Usage;
+use tollgate_shared::store::Redis;
+use tollgate_shared::testing::RedisServer;
+
+use super::*;
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn limits(rpm: Option<u64>, tpm: Option<u64>, conc: Option<u64>) -> Limits {
+    Limits {
+        rpm,
+        tpm,
+        max_concurrency: conc,
+        daily_tokens: None,
+    }
+}
+
+fn subject<'a>(client: &'a str, tenant: Limits, own: Limits) -> Subject<'a> {
+    Subject {
+        tenant: "acme",
+        client,
+        tenant_limits: tenant,
+        client_limits: own,
+    }
+}
+
+fn usage(prompt: u64, completion: u64) -> Usage {
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+    }
+}
+
+/// The backends: memory, and Redis (the server must outlive the limiter).
+fn backends(mode: RedisFailureMode) -> Vec<(Arc<Limiter>, Option<RedisServer>)> {
+    let server = RedisServer::start();
+    let mut cfg = server.config("test:");
+    cfg.on_failure = mode;
+    let redis = Redis::new(&cfg).unwrap();
+    vec![
+        (
+            Limiter::new(None, mode, 1, Duration::from_secs(30), DAY),
+            None,
+        ),
+        (
+            Limiter::new(Some(redis), mode, 2, Duration::from_secs(30), DAY),
+            Some(server),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn concurrent_requests_admit_exactly_the_rpm() {
+    for (l, _server) in backends(RedisFailureMode::Local) {
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let l = l.clone();
+                tokio::spawn(async move {
+                    l.admit(
+                        &subject("c1", Limits::default(), limits(Some(60), None, None)),
+                        0,
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut admitted = 0;
+        let mut refused = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => admitted += 1,
+                Err(Refusal::Limited {
+                    kind,
+                    retry_after_ms,
+                    headroom,
+                }) => {
+                    assert_eq!(kind, LimitKind::RequestsPerMinute);
+                    let ms = retry_after_ms.unwrap();
+                    assert!(ms > 0 && ms <= 60_000, "{ms}");
+                    assert_eq!(headroom.requests.unwrap().remaining, 0);
+                    refused += 1;
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert_eq!((admitted, refused), (60, 140));
+    }
+}
+
+#[tokio::test]
+async fn the_tenant_caps_its_clients_together_and_client_values_override_defaults() {
+    for (l, _server) in backends(RedisFailureMode::Local) {
+        let tenant = limits(Some(3), None, None);
+        // c1 has its own rpm of 2; c2 inherits the tenant's 3 as its default.
+        assert!(
+            l.admit(&subject("c1", tenant, limits(Some(2), None, None)), 0)
+                .await
+                .is_ok()
+        );
+        assert!(
+            l.admit(&subject("c1", tenant, limits(Some(2), None, None)), 0)
+                .await
+                .is_ok()
+        );
+        assert!(
+            l.admit(&subject("c1", tenant, limits(Some(2), None, None)), 0)
+                .await
+                .is_err()
+        );
+        assert!(
+            l.admit(&subject("c2", tenant, Limits::default()), 0)
+                .await
+                .is_ok()
+        );
+        match l.admit(&subject("c2", tenant, Limits::default()), 0).await {
+            Err(Refusal::Limited { kind, .. }) => assert_eq!(kind, LimitKind::RequestsPerMinute),
+            other => panic!("the tenant's aggregate must refuse: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_reserved_then_settled_to_what_was_used() {
+    for (l, _server) in backends(RedisFailureMode::Local) {
+        let s = subject("c1", limits(None, Some(1000), None), Limits::default());
+        let (t1, h) = l.admit(&s, 900).await.unwrap();
+        assert_eq!(h.tokens.unwrap().remaining, 100);
+        assert!(matches!(
+            l.admit(&s, 200).await,
+            Err(Refusal::Limited {
+                kind: LimitKind::TokensPerMinute,
+                ..
+            })
+        ));
+        l.settle_now(t1, usage(50, 50)).await;
+        let (_, h) = l.admit(&s, 200).await.unwrap();
+        assert_eq!(h.tokens.unwrap().remaining, 700);
+        assert!(matches!(
+            l.admit(&s, 1001).await,
+            Err(Refusal::Limited {
+                retry_after_ms: None,
+                ..
+            })
+        ));
+    }
+}
+
+#[tokio::test]
+async fn concurrency_leases_come_back_when_requests_end() {
+    for (l, _server) in backends(RedisFailureMode::Local) {
+        let s = subject("c1", limits(None, None, Some(2)), Limits::default());
+        let (a, _) = l.admit(&s, 0).await.unwrap();
+        let (_b, _) = l.admit(&s, 0).await.unwrap();
+        assert!(matches!(
+            l.admit(&s, 0).await,
+            Err(Refusal::Limited {
+                kind: LimitKind::Concurrency,
+                ..
+            })
+        ));
+        l.settle_now(a, usage(1, 1)).await;
+        assert!(l.admit(&s, 0).await.is_ok());
+    }
+}
+
+#[tokio::test]
+async fn usage_is_metered_per_tenant_client_and_day() {
+    for (l, _server) in backends(RedisFailureMode::Local) {
+        for (client, p, c) in [("c1", 10, 5), ("c1", 20, 6), ("c2", 1, 1)] {
+            let (t, _) = l
+                .admit(&subject(client, Limits::default(), Limits::default()), 0)
+                .await
+                .unwrap();
+            l.settle_now(t, usage(p, c)).await;
+        }
+        let today = usage::day_of(now_ms() / 1000);
+        let rows = l
+            .usage()
+            .query(Some("acme"), today - 1, today)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].total.requests, 3);
+        assert_eq!(rows[0].total.prompt_tokens, 31);
+        assert_eq!(rows[0].clients["c1"].completion_tokens, 11);
+        assert_eq!(l.usage().query(None, today, today).await.unwrap(), rows);
+        assert!(
+            l.usage()
+                .query(Some("other"), today, today)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_key_written_has_a_ttl() {
+    let server = RedisServer::start();
+    let redis = Redis::new(&server.config("ttl:")).unwrap();
+    let l = Limiter::new(
+        Some(redis.clone()),
+        RedisFailureMode::Local,
+        1,
+        Duration::from_secs(30),
+        DAY,
+    );
+    let tenant = Limits {
+        rpm: Some(100),
+        tpm: Some(10_000),
+        max_concurrency: Some(5),
+        daily_tokens: Some(100_000),
+    };
+    let (t, _) = l.admit(&subject("c1", tenant, tenant), 100).await.unwrap();
+    let (_held, _) = l.admit(&subject("c1", tenant, tenant), 100).await.unwrap();
+    l.settle_now(t, usage(10, 10)).await;
+    let keys: Vec<String> = redis
+        .query(::redis::cmd("KEYS").arg("ttl:*"))
+        .await
+        .unwrap();
+    assert!(keys.len() >= 9, "{keys:?}");
+    for k in keys {
+        let ttl: i64 = redis.query(::redis::cmd("PTTL").arg(&k)).await.unwrap();
+        assert!(ttl > 0, "{k} has no TTL ({ttl})");
+    }
+}
+
+#[tokio::test]
+async fn redis_down_degrades_as_configured_then_recovers() {
+    let per_mode = [
+        (RedisFailureMode::Local, "local"),
+        (RedisFailureMode::Open, "open"),
+        (RedisFailureMode::Closed, "closed"),
+    ];
+    for (mode, name) in per_mode {
+        let mut server = RedisServer::start();
+        let mut cfg = server.config("down:");
+        cfg.on_failure = mode;
+        // Two replicas share the limit: each enforces half while Redis is down.
+        let l = Limiter::new(
+            Some(Redis::new(&cfg).unwrap()),
+            mode,
+            2,
+            Duration::from_secs(30),
+            DAY,
+        );
+        let s = subject("c1", limits(Some(4), None, None), Limits::default());
+        assert!(l.admit(&s, 0).await.is_ok(), "{name}");
+        server.kill();
+        let results: Vec<_> = futures::future::join_all((0..5).map(|_| l.admit(&s, 0))).await;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        match mode {
+            RedisFailureMode::Local => assert_eq!(ok, 2, "local: limit ÷ replicas"),
+            RedisFailureMode::Open => assert_eq!(ok, 5, "open: no limits"),
+            RedisFailureMode::Closed => {
+                assert_eq!(ok, 0);
+                assert!(
+                    results
+                        .iter()
+                        .all(|r| matches!(r, Err(Refusal::Unavailable)))
+                );
+            }
+        }
+        server.restart();
+        // Back on Redis once its retry pause has passed: the shared counter is fresh.
+        let mut recovered = false;
+        for _ in 0..200 {
+            if l.redis_up() && l.admit(&s, 0).await.is_ok() {
+                recovered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(recovered, "{name}: did not recover");
+    }
+}
+
+#[test]
+fn reset_durations_read_like_openais() {
+    assert_eq!(reset_text(20), "20ms");
+    assert_eq!(reset_text(1000), "1s");
+    assert_eq!(reset_text(1001), "2s");
+    assert_eq!(reset_text(360_000), "6m0s");
+}
