@@ -8,11 +8,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::policy::{JobSpec, Policy, QueueStats, Refusal, ShardCapacity, ShardId};
+use crate::policy::{Bounds, JobSpec, Policy, QueueStats, Refusal};
+use crate::shard::{ShardCapacity, ShardId};
 
 type Reply = oneshot::Sender<Result<Grant, Rejected>>;
 
@@ -38,6 +41,10 @@ enum Msg {
         worker: Arc<str>,
         shards: Vec<ShardCapacity>,
     },
+    Output {
+        spec: JobSpec,
+        tokens: u64,
+    },
     Stats(oneshot::Sender<QueueStats>),
 }
 
@@ -46,8 +53,20 @@ enum Msg {
 pub enum Rejected {
     #[error("the tenant's queue is full")]
     QueueFull,
+    #[error("the queue is full")]
+    Overloaded,
+    #[error("shed to make room for a higher priority")]
+    Shed,
     #[error("the scheduler has stopped")]
     Closed,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub bounds: Bounds,
+    /// While requests are waiting, capacity freed within this window is
+    /// handed out in one round, in policy order.
+    pub batch_window: Duration,
 }
 
 /// Owns the scheduler task; dropping it stops the task.
@@ -58,11 +77,11 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Spawns the actor on the current tokio runtime.
-    pub fn start(max_queue_per_tenant: usize) -> Scheduler {
+    pub fn start(settings: Settings) -> Scheduler {
         let (tx, rx) = mpsc::unbounded_channel();
-        let policy = Policy::new(max_queue_per_tenant);
+        let policy = Policy::new(settings.bounds);
         // The task is owned by `Scheduler` and aborted when it is dropped.
-        let task = tokio::spawn(run(rx, tx.clone(), policy));
+        let task = tokio::spawn(run(rx, tx.clone(), policy, settings.batch_window));
         Scheduler {
             handle: SchedulerHandle {
                 tx,
@@ -87,38 +106,76 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     tx: mpsc::UnboundedSender<Msg>,
     mut policy: Policy<Reply>,
+    window: Duration,
 ) {
+    let origin = Instant::now();
+    let now_ms = || origin.elapsed().as_millis() as u64;
     while let Some(msg) = rx.recv().await {
-        apply(&mut policy, msg);
-        // Coalesce everything already in the mailbox into one dispatch round.
+        // Requests already waiting means the fleet is saturated: let freed
+        // capacity gather for a moment so one round hands it out in order.
+        let waiting = !policy.is_empty();
+        let mut freed = apply(&mut policy, msg, now_ms());
         while let Ok(msg) = rx.try_recv() {
-            apply(&mut policy, msg);
+            freed |= apply(&mut policy, msg, now_ms());
         }
-        for (reply, shard, seq, spec) in policy.round(|reply| !reply.is_closed()) {
+        if waiting && freed && !window.is_zero() {
+            let until = Instant::now() + window;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    msg = rx.recv() => match msg {
+                        Some(m) => { apply(&mut policy, m, now_ms()); }
+                        None => return,
+                    },
+                }
+            }
+        }
+        for g in policy.round(now_ms(), |reply| !reply.is_closed()) {
             let lease = Lease {
-                shard: shard.clone(),
-                seq,
-                spec,
+                shard: g.shard.clone(),
+                seq: g.seq,
+                spec: g.spec,
                 tx: tx.clone(),
                 armed: true,
             };
+            let grant = Grant {
+                shard: g.shard,
+                lease,
+                queued: Duration::from_millis(g.waited_ms),
+            };
             // If the client left just now, the grant comes back and dropping it frees the slot.
-            let _ = reply.send(Ok(Grant { shard, lease }));
+            let _ = g.item.send(Ok(grant));
         }
     }
 }
 
-fn apply(policy: &mut Policy<Reply>, msg: Msg) {
+/// Applies one message; tells whether it freed capacity.
+fn apply(policy: &mut Policy<Reply>, msg: Msg, now_ms: u64) -> bool {
     match msg {
         Msg::Submit { seq, spec, reply } => {
-            if let Err((Refusal::QueueFull, reply)) = policy.enqueue(seq, spec, reply) {
-                let _ = reply.send(Err(Rejected::QueueFull));
+            match policy.enqueue(seq, now_ms, spec, reply) {
+                Ok(shed) => {
+                    for r in shed {
+                        let _ = r.send(Err(Rejected::Shed));
+                    }
+                }
+                Err((Refusal::QueueFull, reply)) => {
+                    let _ = reply.send(Err(Rejected::QueueFull));
+                }
+                Err((Refusal::Overloaded, reply)) => {
+                    let _ = reply.send(Err(Rejected::Overloaded));
+                }
             }
+            false
         }
         Msg::Cancel { seq } => {
             policy.remove(seq);
+            false
         }
-        Msg::Release { shard } => policy.release(&shard),
+        Msg::Release { shard } => {
+            policy.release(&shard);
+            true
+        }
         Msg::Busy {
             seq,
             spec,
@@ -126,11 +183,20 @@ fn apply(policy: &mut Policy<Reply>, msg: Msg) {
             reply,
         } => {
             policy.mark_full(&shard);
-            policy.requeue(seq, spec, reply);
+            policy.requeue(seq, now_ms, spec, reply);
+            false
         }
-        Msg::Report { worker, shards } => policy.report(&worker, shards),
+        Msg::Report { worker, shards } => {
+            policy.report(&worker, shards);
+            true
+        }
+        Msg::Output { spec, tokens } => {
+            policy.charge_output(&spec, tokens);
+            false
+        }
         Msg::Stats(reply) => {
-            let _ = reply.send(policy.stats());
+            let _ = reply.send(policy.stats(now_ms));
+            false
         }
     }
 }
@@ -204,6 +270,8 @@ impl Drop for Ticket {
 pub struct Grant {
     pub shard: ShardId,
     pub lease: Lease,
+    /// How long the request waited in the queue.
+    pub queued: Duration,
 }
 
 /// Holds a slot on a shard until dropped.
@@ -218,6 +286,16 @@ pub struct Lease {
 impl Lease {
     pub fn shard(&self) -> &ShardId {
         &self.shard
+    }
+
+    /// Output tokens streamed for this request: charged to its tenant's fair share.
+    pub fn charge_output(&self, tokens: u64) {
+        if tokens > 0 {
+            let _ = self.tx.send(Msg::Output {
+                spec: self.spec.clone(),
+                tokens,
+            });
+        }
     }
 
     /// The shard answered "busy" before doing anything: give the slot back,
@@ -251,94 +329,4 @@ impl Drop for Lease {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec() -> JobSpec {
-        JobSpec {
-            tenant: "t".into(),
-            cost_tokens: 1,
-        }
-    }
-
-    fn one_slot(worker: &str) -> Vec<ShardCapacity> {
-        vec![ShardCapacity {
-            id: ShardId {
-                worker: worker.into(),
-                index: 0,
-            },
-            healthy: true,
-            free_slots: 1,
-            max_slots: 1,
-        }]
-    }
-
-    #[tokio::test]
-    async fn grant_waits_for_capacity_and_lease_frees_it() {
-        let s = Scheduler::start(10);
-        let h = s.handle();
-        let first = h.submit(spec());
-        let second = h.submit(spec());
-        h.report("w".into(), one_slot("w"));
-        let g1 = first.await.unwrap();
-        assert_eq!(g1.shard.index, 0);
-        let mut second = Box::pin(second);
-        assert!(
-            futures_poll_once(&mut second).await.is_none(),
-            "no slot yet"
-        );
-        drop(g1);
-        let g2 = second.await.unwrap();
-        assert_eq!(g2.shard.worker.as_ref(), "w");
-    }
-
-    #[tokio::test]
-    async fn dropped_ticket_leaves_the_queue() {
-        let s = Scheduler::start(10);
-        let h = s.handle();
-        drop(h.submit(spec()));
-        let waiting = h.submit(spec());
-        h.report("w".into(), one_slot("w"));
-        // The withdrawn request must not have taken the only slot.
-        let g = waiting.await.unwrap();
-        drop(g);
-        assert_eq!(h.stats().await.unwrap().depth, 0);
-    }
-
-    #[tokio::test]
-    async fn queue_full_is_reported() {
-        let s = Scheduler::start(1);
-        let h = s.handle();
-        let _a = h.submit(spec());
-        let b = h.submit(spec());
-        assert_eq!(b.await.err(), Some(Rejected::QueueFull));
-    }
-
-    #[tokio::test]
-    async fn busy_requeues_until_the_next_report() {
-        let s = Scheduler::start(10);
-        let h = s.handle();
-        h.report("w".into(), one_slot("w"));
-        let g = h.submit(spec()).await.unwrap();
-        let mut again = Box::pin(g.lease.busy());
-        assert!(
-            futures_poll_once(&mut again).await.is_none(),
-            "busy shard is skipped"
-        );
-        h.report("w".into(), one_slot("w"));
-        assert!(again.await.is_ok());
-    }
-
-    /// Polls once after letting the actor run; `None` if still pending.
-    async fn futures_poll_once<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
-        // Make sure the actor has processed everything sent so far.
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        std::future::poll_fn(|cx| match Pin::new(&mut *f).poll(cx) {
-            Poll::Ready(v) => Poll::Ready(Some(v)),
-            Poll::Pending => Poll::Ready(None),
-        })
-        .await
-    }
-}
+mod tests;

@@ -1,11 +1,16 @@
 //! The scheduler: decides which queued request goes to which shard, and when.
 //! It never sees HTTP: it is fed shard capacity reports and answers with grants.
 //!
-//! - `policy`: the pure queueing policy and capacity bookkeeping (no I/O, no clock)
+//! - `fair`: fair queueing — strict priority classes, virtual token counters inside a class
+//! - `policy`: the pure queueing policy: order, holdback, affinity, bounds and shedding
+//! - `shard`: shard capacity from reports, and the least loaded shard with room
 //! - `actor`: the scheduler task, its mailbox, tickets and leases
 
 mod actor;
+pub mod fair;
 mod policy;
+mod shard;
 
-pub use actor::{Grant, Lease, Rejected, Scheduler, SchedulerHandle, Ticket};
-pub use policy::{JobSpec, Policy, QueueStats, ShardCapacity, ShardId};
+pub use actor::{Grant, Lease, Rejected, Scheduler, SchedulerHandle, Settings, Ticket};
+pub use policy::{Bounds, JobSpec, Policy, QueueStats, QueueView};
+pub use shard::{KV_HOLDBACK, ShardCapacity, ShardId, best_shard};

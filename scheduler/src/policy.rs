@@ -1,121 +1,231 @@
-//! The queueing policy: a bounded FIFO queue per gateway, released to shards
-//! with free slots, least loaded first. Pure: no I/O, no clock.
+//! The queueing policy, pure (no I/O; time passed in as milliseconds):
+//!
+//! - **order**: strict priority classes, fair share inside a class by
+//!   virtual token counters, FIFO inside a tenant ([`FairQueue`]);
+//! - **holdback**: a request leaves the queue only for a shard with room
+//!   (free slot, KV budget) per its last report ([`ShardCapacity::has_room`]);
+//! - **affinity**: requests sharing a prompt prefix prefer the shard that
+//!   served it last (its prefix cache), unless that shard has no room;
+//! - **bounds**: `max_queue_per_tenant` requests per tenant (→ `queue_full`)
+//!   and a global bound on queued bytes; when full, the newest request of the
+//!   lowest class below the newcomer's is shed (`low` before `normal` before `high`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-/// A shard: `index` on the worker named `worker`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ShardId {
-    pub worker: Arc<str>,
-    pub index: u32,
-}
+use tollgate_shared::config::Priority;
 
-impl std::fmt::Display for ShardId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.worker, self.index)
-    }
-}
+use crate::fair::{FairQueue, Fairness, TenantView};
+use crate::shard::{ShardCapacity, ShardId, best_shard};
 
 /// What the policy needs to know of a request.
 #[derive(Debug, Clone)]
 pub struct JobSpec {
     pub tenant: Arc<str>,
-    /// Estimated prompt tokens plus max_tokens; used by later policies for fair share.
+    /// The tenant's class, or lower if the request demoted itself.
+    pub priority: Priority,
+    /// The tenant's weight inside its class.
+    pub weight: u32,
+    /// Estimated prompt tokens: charged to the tenant's counter at dispatch.
+    pub input_tokens: u64,
+    /// Prompt tokens plus the output budget.
     pub cost_tokens: u64,
+    /// A hash of the prompt's beginning, for prefix affinity.
+    pub prefix: Option<u64>,
+    /// Size of the request body, for the bound on queued bytes.
+    pub bytes: usize,
 }
 
-/// A shard's capacity as last reported, adjusted by the grants and releases since.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ShardCapacity {
-    pub id: ShardId,
-    pub healthy: bool,
-    pub free_slots: u32,
-    pub max_slots: u32,
-}
-
-#[derive(Debug)]
-struct Queued<T> {
-    seq: u64,
-    spec: JobSpec,
-    item: T,
-}
-
-/// Queue depth, per tenant, for admin views and metrics.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct QueueStats {
-    pub depth: usize,
-    pub per_tenant: Vec<(Arc<str>, usize)>,
-    pub free_slots: u64,
-    pub healthy_shards: usize,
-}
-
-/// FIFO queue plus shard capacity. `T` is whatever the caller needs to hand a
-/// grant over (a reply channel in the actor, a plain value in tests).
-#[derive(Debug)]
-pub struct Policy<T> {
-    max_queue_per_tenant: usize,
-    queue: VecDeque<Queued<T>>,
-    per_tenant: HashMap<Arc<str>, usize>,
-    shards: HashMap<ShardId, ShardCapacity>,
+/// Bounds of the queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub max_queue_per_tenant: usize,
+    pub max_queued_bytes: usize,
 }
 
 /// Why a job was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// The tenant has `max_queue_per_tenant` requests waiting.
     QueueFull,
+    /// The queue's byte bound is reached and nothing of a lower class can make room.
+    Overloaded,
+}
+
+/// Queue depth and fleet room, for admin views and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueStats {
+    pub depth: usize,
+    /// Requests waiting per class: high, normal, low.
+    pub by_class: [(Priority, usize); 3],
+    /// Requests waiting per tenant, all classes together.
+    pub per_tenant: Vec<(Arc<str>, usize)>,
+    /// Per tenant and class: depth, virtual counter, oldest wait.
+    pub tenants: Vec<QueueView>,
+    pub queued_bytes: usize,
+    pub free_slots: u64,
+    pub healthy_shards: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueView {
+    pub tenant: Arc<str>,
+    pub priority: Priority,
+    pub depth: usize,
+    pub counter: f64,
+    pub oldest_wait_ms: Option<u64>,
+}
+
+/// A request leaving the queue for a shard.
+#[derive(Debug)]
+pub struct Granted<T> {
+    pub item: T,
+    pub shard: ShardId,
+    pub seq: u64,
+    pub spec: JobSpec,
+    pub waited_ms: u64,
+}
+
+#[derive(Debug)]
+struct Queued<T> {
+    spec: JobSpec,
+    item: T,
+}
+
+/// Prompt prefixes and the shard that served each last; the oldest entries
+/// are forgotten first.
+#[derive(Debug, Default)]
+struct Affinity {
+    shard_of: HashMap<u64, ShardId>,
+    order: VecDeque<u64>,
+}
+
+const AFFINITY_ENTRIES: usize = 65_536;
+
+impl Affinity {
+    fn remember(&mut self, prefix: u64, shard: &ShardId) {
+        if self.shard_of.insert(prefix, shard.clone()).is_none() {
+            self.order.push_back(prefix);
+            if self.order.len() > AFFINITY_ENTRIES
+                && let Some(old) = self.order.pop_front()
+            {
+                self.shard_of.remove(&old);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Policy<T> {
+    bounds: Bounds,
+    fair: FairQueue<Queued<T>>,
+    per_tenant: HashMap<Arc<str>, usize>,
+    queued_bytes: usize,
+    shards: HashMap<ShardId, ShardCapacity>,
+    affinity: Affinity,
 }
 
 impl<T> Policy<T> {
-    pub fn new(max_queue_per_tenant: usize) -> Self {
+    pub fn new(bounds: Bounds) -> Self {
         Policy {
-            max_queue_per_tenant,
-            queue: VecDeque::new(),
+            bounds,
+            fair: FairQueue::default(),
             per_tenant: HashMap::new(),
+            queued_bytes: 0,
             shards: HashMap::new(),
+            affinity: Affinity::default(),
         }
     }
 
-    /// Queues a new job behind everything queued before it.
-    pub fn enqueue(&mut self, seq: u64, spec: JobSpec, item: T) -> Result<(), (Refusal, T)> {
-        let n = self.per_tenant.entry(spec.tenant.clone()).or_default();
-        if *n >= self.max_queue_per_tenant {
+    fn fairness(spec: &JobSpec) -> Fairness {
+        Fairness {
+            tenant: spec.tenant.clone(),
+            priority: spec.priority,
+            weight: spec.weight,
+            input_tokens: spec.input_tokens,
+        }
+    }
+
+    fn admit(&mut self, seq: u64, now_ms: u64, spec: JobSpec, item: T) {
+        *self.per_tenant.entry(spec.tenant.clone()).or_default() += 1;
+        self.queued_bytes += spec.bytes;
+        let f = Self::fairness(&spec);
+        self.fair.push(seq, now_ms, &f, Queued { spec, item });
+    }
+
+    fn forget(&mut self, spec: &JobSpec) {
+        self.queued_bytes = self.queued_bytes.saturating_sub(spec.bytes);
+        if let Some(n) = self.per_tenant.get_mut(&spec.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_tenant.remove(&spec.tenant);
+            }
+        }
+    }
+
+    /// Queues a new job. Returns the jobs shed to make room for it (lower classes).
+    pub fn enqueue(
+        &mut self,
+        seq: u64,
+        now_ms: u64,
+        spec: JobSpec,
+        item: T,
+    ) -> Result<Vec<T>, (Refusal, T)> {
+        if self.per_tenant.get(&spec.tenant).copied().unwrap_or(0)
+            >= self.bounds.max_queue_per_tenant
+        {
             return Err((Refusal::QueueFull, item));
         }
-        *n += 1;
-        let at = self.queue.partition_point(|q| q.seq < seq);
-        self.queue.insert(at, Queued { seq, spec, item });
-        Ok(())
+        // Shed the newest of the lowest class first; if even that cannot make
+        // room, put them back and refuse the newcomer instead.
+        let mut shed: Vec<(u64, Queued<T>)> = Vec::new();
+        while self.queued_bytes + spec.bytes > self.bounds.max_queued_bytes {
+            match self
+                .fair
+                .victim_below(spec.priority)
+                .and_then(|v| self.fair.remove(v).map(|q| (v, q)))
+            {
+                Some((v, q)) => {
+                    self.forget(&q.spec);
+                    shed.push((v, q));
+                }
+                None => {
+                    for (v, q) in shed {
+                        self.admit(v, now_ms, q.spec, q.item);
+                    }
+                    return Err((Refusal::Overloaded, item));
+                }
+            }
+        }
+        let shed = shed.into_iter().map(|(_, q)| q.item).collect();
+        self.admit(seq, now_ms, spec, item);
+        Ok(shed)
     }
 
-    /// Puts a job back at the place its sequence number gives it (after a
-    /// worker said "busy"). The per-tenant bound does not apply: it was admitted once.
-    pub fn requeue(&mut self, seq: u64, spec: JobSpec, item: T) {
-        *self.per_tenant.entry(spec.tenant.clone()).or_default() += 1;
-        let at = self.queue.partition_point(|q| q.seq < seq);
-        self.queue.insert(at, Queued { seq, spec, item });
+    /// Puts a job back at the place its sequence number gives it (a worker said
+    /// "busy"), refunding the input charge it paid at dispatch. Bounds do not
+    /// apply: it was admitted once.
+    pub fn requeue(&mut self, seq: u64, now_ms: u64, spec: JobSpec, item: T) {
+        self.fair
+            .charge(spec.priority, &spec.tenant, -(spec.input_tokens as f64));
+        self.admit(seq, now_ms, spec, item);
     }
 
     /// Removes a queued job (its client left). Returns whether it was queued.
     pub fn remove(&mut self, seq: u64) -> bool {
-        let at = self.queue.partition_point(|q| q.seq < seq);
-        if self.queue.get(at).is_some_and(|q| q.seq == seq) {
-            if let Some(q) = self.queue.remove(at) {
-                self.forget(&q.spec.tenant);
+        match self.fair.remove(seq) {
+            Some(q) => {
+                self.forget(&q.spec);
+                true
             }
-            true
-        } else {
-            false
+            None => false,
         }
     }
 
-    fn forget(&mut self, tenant: &Arc<str>) {
-        if let Some(n) = self.per_tenant.get_mut(tenant) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_tenant.remove(tenant);
-            }
-        }
+    /// Charges streamed output to the job's tenant: 2 units a token.
+    pub fn charge_output(&mut self, spec: &JobSpec, tokens: u64) {
+        self.fair
+            .charge(spec.priority, &spec.tenant, 2.0 * tokens as f64);
     }
 
     /// Replaces what is known of one worker's shards.
@@ -130,71 +240,104 @@ impl<T> Policy<T> {
     pub fn mark_full(&mut self, id: &ShardId) {
         if let Some(s) = self.shards.get_mut(id) {
             s.free_slots = 0;
+            // The request is not on the shard after all.
+            s.granted = s.granted.saturating_sub(1);
         }
     }
 
     /// A granted request finished: its slot is free again.
     pub fn release(&mut self, id: &ShardId) {
         if let Some(s) = self.shards.get_mut(id) {
-            s.free_slots = (s.free_slots + 1).min(s.max_slots);
+            s.give_back();
         }
     }
 
-    /// One dispatch round: hands queued jobs, oldest first, to the healthy
-    /// shard with the most free slots, until the queue or the slots run out.
-    /// `keep` tells whether a job still wants its grant (its client may have left);
-    /// jobs it refuses are dropped without using a slot.
-    pub fn round(&mut self, mut keep: impl FnMut(&T) -> bool) -> Vec<(T, ShardId, u64, JobSpec)> {
+    /// The shard for `spec`: the one that last served its prefix if it has
+    /// room, else the least loaded shard with room.
+    fn shard_for(&self, spec: &JobSpec) -> Option<ShardId> {
+        spec.prefix
+            .and_then(|p| self.affinity.shard_of.get(&p))
+            .filter(|id| self.shards.get(*id).is_some_and(ShardCapacity::has_room))
+            .cloned()
+            .or_else(|| best_shard(self.shards.values()))
+    }
+
+    /// One dispatch round: the next job in policy order goes to its shard,
+    /// until the queue empties or the next job has no shard with room (it
+    /// then waits; nothing behind it jumps the order). `keep` tells whether a
+    /// job still wants its grant (its client may have left); jobs it refuses
+    /// are dropped without using a slot.
+    pub fn round(&mut self, now_ms: u64, mut keep: impl FnMut(&T) -> bool) -> Vec<Granted<T>> {
         let mut out = Vec::new();
-        while let Some(front) = self.queue.front() {
-            if !keep(&front.item) {
-                if let Some(q) = self.queue.pop_front() {
-                    self.forget(&q.spec.tenant);
-                }
+        while let Some((seq, q)) = self.fair.peek() {
+            if !keep(&q.item) {
+                self.remove(seq);
                 continue;
             }
-            let Some(shard) = self.best_shard() else {
-                break;
-            };
-            let Some(q) = self.queue.pop_front() else {
-                break;
-            };
-            self.forget(&q.spec.tenant);
-            if let Some(s) = self.shards.get_mut(&shard) {
-                s.free_slots -= 1;
+            match self.grant_next(now_ms) {
+                Some(g) => out.push(g),
+                None => break,
             }
-            out.push((q.item, shard, q.seq, q.spec));
         }
         out
     }
 
-    fn best_shard(&self) -> Option<ShardId> {
-        self.shards
-            .values()
-            .filter(|s| s.healthy && s.free_slots > 0)
-            // Most free first; ties broken by id so rounds are deterministic.
-            .max_by(|a, b| {
-                a.free_slots
-                    .cmp(&b.free_slots)
-                    .then_with(|| b.id.cmp(&a.id))
-            })
-            .map(|s| s.id.clone())
+    /// Grants the next job in policy order to its shard, if one has room.
+    fn grant_next(&mut self, now_ms: u64) -> Option<Granted<T>> {
+        let (_, next) = self.fair.peek()?;
+        let shard = self.shard_for(&next.spec)?;
+        let (seq, q, enqueued_ms) = self.fair.pop(|q| q.spec.input_tokens)?;
+        self.forget(&q.spec);
+        if let Some(s) = self.shards.get_mut(&shard) {
+            s.take_slot();
+        }
+        if let Some(p) = q.spec.prefix {
+            self.affinity.remember(p, &shard);
+        }
+        Some(Granted {
+            item: q.item,
+            shard,
+            seq,
+            spec: q.spec,
+            waited_ms: now_ms.saturating_sub(enqueued_ms),
+        })
     }
 
-    pub fn stats(&self) -> QueueStats {
+    pub fn is_empty(&self) -> bool {
+        self.fair.is_empty()
+    }
+
+    pub fn stats(&self, now_ms: u64) -> QueueStats {
         let mut per_tenant: Vec<_> = self
             .per_tenant
             .iter()
             .map(|(t, n)| (t.clone(), *n))
             .collect();
         per_tenant.sort();
+        let tenants = self
+            .fair
+            .view()
+            .into_iter()
+            .filter(|v: &TenantView| v.depth > 0)
+            .map(|v| QueueView {
+                oldest_wait_ms: v.oldest_enqueued_ms.map(|t| now_ms.saturating_sub(t)),
+                tenant: v.tenant,
+                priority: v.priority,
+                depth: v.depth,
+                counter: v.counter,
+            })
+            .collect();
         QueueStats {
-            depth: self.queue.len(),
+            depth: self.fair.len(),
+            by_class: [Priority::High, Priority::Normal, Priority::Low]
+                .map(|p| (p, self.fair.depth(p))),
             per_tenant,
+            tenants,
+            queued_bytes: self.queued_bytes,
             free_slots: self
                 .shards
                 .values()
-                .filter(|s| s.healthy)
+                .filter(|s| s.has_room())
                 .map(|s| u64::from(s.free_slots))
                 .sum(),
             healthy_shards: self.shards.values().filter(|s| s.healthy).count(),
@@ -203,126 +346,6 @@ impl<T> Policy<T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(t: &str) -> JobSpec {
-        JobSpec {
-            tenant: t.into(),
-            cost_tokens: 10,
-        }
-    }
-
-    fn shard(w: &str, i: u32, free: u32) -> ShardCapacity {
-        ShardCapacity {
-            id: ShardId {
-                worker: w.into(),
-                index: i,
-            },
-            healthy: true,
-            free_slots: free,
-            max_slots: 4,
-        }
-    }
-
-    #[test]
-    fn nothing_is_released_without_free_slots() {
-        let mut p = Policy::new(10);
-        p.enqueue(1, spec("a"), 1).unwrap();
-        assert!(p.round(|_| true).is_empty());
-        p.report(&"w".into(), vec![shard("w", 0, 0)]);
-        assert!(p.round(|_| true).is_empty());
-        assert_eq!(p.stats().depth, 1);
-    }
-
-    #[test]
-    fn fifo_order_and_least_loaded_shard() {
-        let mut p = Policy::new(10);
-        for i in 1..=4 {
-            p.enqueue(i, spec("a"), i).unwrap();
-        }
-        p.report(&"w".into(), vec![shard("w", 0, 1), shard("w", 1, 2)]);
-        let got: Vec<_> = p
-            .round(|_| true)
-            .into_iter()
-            .map(|(t, s, _, _)| (t, s.index))
-            .collect();
-        assert_eq!(got, vec![(1, 1), (2, 0), (3, 1)]);
-        assert_eq!(p.stats().depth, 1);
-        assert_eq!(p.stats().free_slots, 0);
-        p.release(&ShardId {
-            worker: "w".into(),
-            index: 0,
-        });
-        let got: Vec<_> = p
-            .round(|_| true)
-            .into_iter()
-            .map(|(t, _, _, _)| t)
-            .collect();
-        assert_eq!(got, vec![4]);
-    }
-
-    #[test]
-    fn per_tenant_bound_refuses_and_leaves_others_alone() {
-        let mut p = Policy::new(2);
-        p.enqueue(1, spec("a"), ()).unwrap();
-        p.enqueue(2, spec("a"), ()).unwrap();
-        assert_eq!(
-            p.enqueue(3, spec("a"), ()).unwrap_err().0,
-            Refusal::QueueFull
-        );
-        p.enqueue(4, spec("b"), ()).unwrap();
-        assert!(p.remove(1));
-        assert!(!p.remove(1));
-        p.enqueue(5, spec("a"), ()).unwrap();
-    }
-
-    #[test]
-    fn requeue_goes_back_to_its_old_place() {
-        let mut p = Policy::new(10);
-        p.report(&"w".into(), vec![shard("w", 0, 1)]);
-        p.enqueue(1, spec("a"), 1).unwrap();
-        let (item, sid, seq, sp) = p.round(|_| true).pop().unwrap();
-        p.enqueue(2, spec("a"), 2).unwrap();
-        p.enqueue(3, spec("a"), 3).unwrap();
-        p.mark_full(&sid);
-        p.requeue(seq, sp, item);
-        assert!(
-            p.round(|_| true).is_empty(),
-            "a busy shard gets nothing until reported"
-        );
-        p.report(&"w".into(), vec![shard("w", 0, 3)]);
-        let got: Vec<_> = p
-            .round(|_| true)
-            .into_iter()
-            .map(|(t, _, _, _)| t)
-            .collect();
-        assert_eq!(got, vec![1, 2, 3]);
-    }
-
-    #[test]
-    fn abandoned_jobs_use_no_slot() {
-        let mut p = Policy::new(10);
-        p.report(&"w".into(), vec![shard("w", 0, 1)]);
-        p.enqueue(1, spec("a"), 1).unwrap();
-        p.enqueue(2, spec("a"), 2).unwrap();
-        let got: Vec<_> = p
-            .round(|&t| t != 1)
-            .into_iter()
-            .map(|(t, _, _, _)| t)
-            .collect();
-        assert_eq!(got, vec![2]);
-        assert_eq!(p.stats().depth, 0);
-        assert!(p.stats().per_tenant.is_empty());
-    }
-
-    #[test]
-    fn a_new_report_replaces_only_that_workers_shards() {
-        let mut p: Policy<()> = Policy::new(10);
-        p.report(&"w1".into(), vec![shard("w1", 0, 1)]);
-        p.report(&"w2".into(), vec![shard("w2", 0, 2)]);
-        p.report(&"w1".into(), vec![]);
-        assert_eq!(p.stats().free_slots, 2);
-        assert_eq!(p.stats().healthy_shards, 1);
-    }
-}
+mod bench;
+#[cfg(test)]
+mod tests;

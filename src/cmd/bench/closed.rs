@@ -1,20 +1,21 @@
-//! `tollgate bench`: a closed-loop load generator. N concurrent clients send
-//! small chat completions back to back; the report gives requests/s and
-//! latency percentiles. Points at a gateway (with client credentials) or
-//! straight at a vLLM server / `tollgate sim` (without), so the two can be compared.
+//! The closed loop: N concurrent clients send small chat completions back to
+//! back; the report gives requests/s and latency percentiles. Points at a
+//! gateway (with client credentials) or straight at a vLLM server /
+//! `tollgate sim` (without), so the two can be compared.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{CmdResult, Failure};
+use super::{percentile, token};
+use crate::cmd::{CmdResult, Failure};
 
 #[derive(clap::Args)]
-pub struct BenchArgs {
+pub struct ClosedArgs {
     /// Base URL of a gateway or a vLLM server (e.g. http://127.0.0.1:8080).
     #[arg(long)]
-    url: String,
+    url: Option<String>,
     /// Client id to get a token with (gateway only).
     #[arg(long, requires = "client_secret")]
     client_id: Option<String>,
@@ -55,26 +56,6 @@ struct Report {
     max_ms: f64,
 }
 
-async fn token(
-    http: &reqwest::Client,
-    url: &str,
-    id: &str,
-    secret: &str,
-) -> anyhow::Result<String> {
-    #[derive(serde::Deserialize)]
-    struct Token {
-        access_token: String,
-    }
-    let resp = http
-        .post(format!("{url}/oauth/token"))
-        .basic_auth(id, Some(secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await?
-        .error_for_status()?;
-    Ok(resp.json::<Token>().await?.access_token)
-}
-
 async fn one(
     http: &reqwest::Client,
     url: &str,
@@ -96,16 +77,13 @@ async fn one(
     Ok(start.elapsed())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
-}
-
-pub async fn run(args: BenchArgs) -> CmdResult {
-    let url = args.url.trim_end_matches('/').to_owned();
+pub async fn run(args: ClosedArgs) -> CmdResult {
+    let Some(url) = args.url.as_deref() else {
+        return Err(Failure::Other(anyhow::anyhow!(
+            "give --url (closed loop) or --scenario FILE (open loop)"
+        )));
+    };
+    let url = url.trim_end_matches('/').to_owned();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .tcp_nodelay(true)

@@ -1,0 +1,140 @@
+use super::*;
+use tollgate_shared::config::Priority;
+
+fn settings(per_tenant: usize) -> Settings {
+    Settings {
+        bounds: Bounds {
+            max_queue_per_tenant: per_tenant,
+            max_queued_bytes: 1_000_000,
+        },
+        batch_window: Duration::from_millis(2),
+    }
+}
+
+fn spec(tenant: &str, priority: Priority) -> JobSpec {
+    JobSpec {
+        tenant: tenant.into(),
+        priority,
+        weight: 1,
+        input_tokens: 1,
+        cost_tokens: 1,
+        prefix: None,
+        bytes: 10,
+    }
+}
+
+fn one_slot(worker: &str) -> Vec<ShardCapacity> {
+    vec![ShardCapacity {
+        id: ShardId {
+            worker: worker.into(),
+            index: 0,
+        },
+        healthy: true,
+        free_slots: 1,
+        max_slots: 1,
+        ..ShardCapacity::default()
+    }]
+}
+
+/// Polls once after letting the actor run; `None` if still pending.
+async fn poll_once<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
+    // The actor runs on this test's runtime: yielding lets it drain its mailbox.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    std::future::poll_fn(|cx| match Pin::new(&mut *f).poll(cx) {
+        Poll::Ready(v) => Poll::Ready(Some(v)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn grant_waits_for_capacity_and_lease_frees_it() {
+    let s = Scheduler::start(settings(10));
+    let h = s.handle();
+    let first = h.submit(spec("t", Priority::Normal));
+    let second = h.submit(spec("t", Priority::Normal));
+    h.report("w".into(), one_slot("w"));
+    let g1 = first.await.unwrap();
+    assert_eq!(g1.shard.index, 0);
+    let mut second = Box::pin(second);
+    assert!(poll_once(&mut second).await.is_none(), "no slot yet");
+    drop(g1);
+    let g2 = second.await.unwrap();
+    assert_eq!(g2.shard.worker.as_ref(), "w");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_ticket_leaves_the_queue() {
+    let s = Scheduler::start(settings(10));
+    let h = s.handle();
+    drop(h.submit(spec("t", Priority::Normal)));
+    let waiting = h.submit(spec("t", Priority::Normal));
+    h.report("w".into(), one_slot("w"));
+    // The withdrawn request must not have taken the only slot.
+    drop(waiting.await.unwrap());
+    assert_eq!(h.stats().await.unwrap().depth, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_full_is_reported() {
+    let s = Scheduler::start(settings(1));
+    let h = s.handle();
+    let _a = h.submit(spec("t", Priority::Normal));
+    let b = h.submit(spec("t", Priority::Normal));
+    assert_eq!(b.await.err(), Some(Rejected::QueueFull));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shed_requests_are_told_so() {
+    let s = Scheduler::start(Settings {
+        bounds: Bounds {
+            max_queue_per_tenant: 10,
+            max_queued_bytes: 10,
+        },
+        batch_window: Duration::ZERO,
+    });
+    let h = s.handle();
+    let low = h.submit(spec("l", Priority::Low));
+    let _high = h.submit(spec("h", Priority::High));
+    assert_eq!(low.await.err(), Some(Rejected::Shed));
+    let another_low = h.submit(spec("l", Priority::Low));
+    assert_eq!(another_low.await.err(), Some(Rejected::Overloaded));
+}
+
+#[tokio::test(start_paused = true)]
+async fn busy_requeues_until_the_next_report() {
+    let s = Scheduler::start(settings(10));
+    let h = s.handle();
+    h.report("w".into(), one_slot("w"));
+    let g = h.submit(spec("t", Priority::Normal)).await.unwrap();
+    let mut again = Box::pin(g.lease.busy());
+    assert!(
+        poll_once(&mut again).await.is_none(),
+        "busy shard is skipped"
+    );
+    h.report("w".into(), one_slot("w"));
+    assert!(again.await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn streamed_output_moves_the_tenant_back_in_line() {
+    let s = Scheduler::start(settings(10));
+    let h = s.handle();
+    h.report("w".into(), one_slot("w"));
+    let a = h.submit(spec("a", Priority::Normal)).await.unwrap();
+    // Queued while a runs: one of a's, then one of b's.
+    let a2 = h.submit(spec("a", Priority::Normal));
+    let b = h.submit(spec("b", Priority::Normal));
+    a.lease.charge_output(1000);
+    drop(a);
+    h.report("w".into(), one_slot("w"));
+    let b = b.await.unwrap();
+    assert_eq!(b.queued, Duration::ZERO, "paused clock: no time passed");
+    let mut a2 = Box::pin(a2);
+    assert!(
+        poll_once(&mut a2).await.is_none(),
+        "a was charged for its output: b goes first"
+    );
+}

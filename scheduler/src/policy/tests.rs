@@ -1,0 +1,289 @@
+use super::*;
+
+const BOUNDS: Bounds = Bounds {
+    max_queue_per_tenant: 10,
+    max_queued_bytes: 1_000_000,
+};
+
+fn spec(t: &str, p: Priority) -> JobSpec {
+    JobSpec {
+        tenant: t.into(),
+        priority: p,
+        weight: 1,
+        input_tokens: 10,
+        cost_tokens: 20,
+        prefix: None,
+        bytes: 100,
+    }
+}
+
+fn normal(t: &str) -> JobSpec {
+    spec(t, Priority::Normal)
+}
+
+fn shard(w: &str, i: u32, free: u32) -> ShardCapacity {
+    ShardCapacity {
+        id: ShardId {
+            worker: w.into(),
+            index: i,
+        },
+        healthy: true,
+        free_slots: free,
+        max_slots: 4,
+        ..ShardCapacity::default()
+    }
+}
+
+fn id(i: u32) -> ShardId {
+    ShardId {
+        worker: "w".into(),
+        index: i,
+    }
+}
+
+fn items<T: Copy>(g: Vec<Granted<T>>) -> Vec<T> {
+    g.into_iter().map(|g| g.item).collect()
+}
+
+#[test]
+fn nothing_leaves_the_queue_without_a_shard_with_room() {
+    let mut p = Policy::new(BOUNDS);
+    p.enqueue(1, 0, normal("a"), 1).unwrap();
+    assert!(p.round(0, |_| true).is_empty());
+    p.report(&"w".into(), vec![shard("w", 0, 0)]);
+    assert!(p.round(0, |_| true).is_empty());
+    let mut kv_full = shard("w", 1, 4);
+    kv_full.kv_cache_usage = 0.97;
+    p.report(&"w".into(), vec![kv_full]);
+    assert!(
+        p.round(0, |_| true).is_empty(),
+        "holdback: the KV cache is full"
+    );
+    assert_eq!(p.stats(0).depth, 1);
+    p.report(&"w".into(), vec![shard("w", 1, 4)]);
+    assert_eq!(items(p.round(5, |_| true)), vec![1]);
+}
+
+#[test]
+fn classes_are_strict_and_equal_tenants_share_a_class_fairly() {
+    let mut p = Policy::new(BOUNDS);
+    let mut seq = 0;
+    for t in ["a", "a", "a", "b", "b", "b"] {
+        seq += 1;
+        p.enqueue(seq, 0, normal(t), t).unwrap();
+    }
+    seq += 1;
+    p.enqueue(seq, 0, spec("low", Priority::Low), "low")
+        .unwrap();
+    seq += 1;
+    p.enqueue(seq, 0, spec("vip", Priority::High), "vip")
+        .unwrap();
+    p.report(&"w".into(), vec![shard("w", 0, 4)]);
+    let got = items(p.round(0, |_| true));
+    // High first; then a and b alternate (FIFO arrival alone would give a, a, a).
+    assert_eq!(got, vec!["vip", "a", "b", "a"]);
+    p.report(&"w".into(), vec![shard("w", 0, 4)]);
+    assert_eq!(items(p.round(0, |_| true)), vec!["b", "a", "b", "low"]);
+}
+
+#[test]
+fn per_tenant_bound_refuses_only_that_tenant() {
+    let mut p = Policy::new(Bounds {
+        max_queue_per_tenant: 2,
+        ..BOUNDS
+    });
+    p.enqueue(1, 0, normal("a"), ()).unwrap();
+    p.enqueue(2, 0, normal("a"), ()).unwrap();
+    assert_eq!(
+        p.enqueue(3, 0, normal("a"), ()).unwrap_err().0,
+        Refusal::QueueFull
+    );
+    p.enqueue(4, 0, normal("b"), ()).unwrap();
+    assert!(p.remove(1));
+    assert!(!p.remove(1));
+    p.enqueue(5, 0, normal("a"), ()).unwrap();
+}
+
+#[test]
+fn a_full_queue_sheds_low_before_normal_before_high() {
+    let mut p = Policy::new(Bounds {
+        max_queue_per_tenant: 100,
+        max_queued_bytes: 300,
+    });
+    p.enqueue(1, 0, spec("l", Priority::Low), "low-1").unwrap();
+    p.enqueue(2, 0, spec("n", Priority::Normal), "normal-1")
+        .unwrap();
+    p.enqueue(3, 0, spec("l", Priority::Low), "low-2").unwrap();
+    // Full: a normal request sheds the newest low one.
+    assert_eq!(
+        p.enqueue(4, 0, spec("n", Priority::Normal), "normal-2")
+            .unwrap(),
+        vec!["low-2"]
+    );
+    assert_eq!(
+        p.enqueue(5, 0, spec("h", Priority::High), "high-1")
+            .unwrap(),
+        vec!["low-1"]
+    );
+    // Only normal and high remain: another low cannot get in, and sheds nobody.
+    assert_eq!(
+        p.enqueue(6, 0, spec("l", Priority::Low), "low-3")
+            .unwrap_err(),
+        (Refusal::Overloaded, "low-3")
+    );
+    assert_eq!(
+        p.enqueue(7, 0, spec("h", Priority::High), "high-2")
+            .unwrap(),
+        vec!["normal-2"]
+    );
+    let s = p.stats(0);
+    assert_eq!(s.depth, 3);
+    assert_eq!(s.queued_bytes, 300);
+    assert_eq!(
+        s.by_class,
+        [
+            (Priority::High, 2),
+            (Priority::Normal, 1),
+            (Priority::Low, 0)
+        ]
+    );
+}
+
+#[test]
+fn a_refused_newcomer_leaves_the_queue_as_it_was() {
+    let mut p = Policy::new(Bounds {
+        max_queue_per_tenant: 100,
+        max_queued_bytes: 250,
+    });
+    p.enqueue(1, 0, spec("l", Priority::Low), "low").unwrap();
+    p.enqueue(2, 0, spec("h", Priority::High), "high").unwrap();
+    let mut big = spec("n", Priority::Normal);
+    big.bytes = 200;
+    // Shedding "low" frees 100 bytes, not enough for 200: refuse, and keep "low".
+    assert_eq!(
+        p.enqueue(3, 0, big, "big").unwrap_err(),
+        (Refusal::Overloaded, "big")
+    );
+    assert_eq!(p.stats(0).depth, 2);
+    p.report(&"w".into(), vec![shard("w", 0, 4)]);
+    assert_eq!(items(p.round(0, |_| true)), vec!["high", "low"]);
+}
+
+#[test]
+fn requeue_goes_back_to_its_old_place_and_waits_for_a_report() {
+    let mut p = Policy::new(BOUNDS);
+    p.report(&"w".into(), vec![shard("w", 0, 1)]);
+    p.enqueue(1, 0, normal("a"), 1).unwrap();
+    let g = p.round(0, |_| true).pop().unwrap();
+    p.enqueue(2, 0, normal("a"), 2).unwrap();
+    p.enqueue(3, 0, normal("a"), 3).unwrap();
+    p.mark_full(&g.shard);
+    p.requeue(g.seq, 0, g.spec, g.item);
+    assert!(
+        p.round(0, |_| true).is_empty(),
+        "a busy shard gets nothing until reported"
+    );
+    p.report(&"w".into(), vec![shard("w", 0, 3)]);
+    assert_eq!(items(p.round(0, |_| true)), vec![1, 2, 3]);
+}
+
+#[test]
+fn abandoned_jobs_use_no_slot() {
+    let mut p = Policy::new(BOUNDS);
+    p.report(&"w".into(), vec![shard("w", 0, 1)]);
+    p.enqueue(1, 0, normal("a"), 1).unwrap();
+    p.enqueue(2, 0, normal("a"), 2).unwrap();
+    assert_eq!(items(p.round(0, |&t| t != 1)), vec![2]);
+    let s = p.stats(0);
+    assert_eq!((s.depth, s.queued_bytes), (0, 0));
+    assert!(s.per_tenant.is_empty());
+}
+
+#[test]
+fn a_shared_prefix_goes_back_to_its_shard_while_it_has_room() {
+    let mut p = Policy::new(BOUNDS);
+    p.report(&"w".into(), vec![shard("w", 0, 4), shard("w", 1, 4)]);
+    let with_prefix = |t: &str| JobSpec {
+        prefix: Some(42),
+        ..normal(t)
+    };
+    p.enqueue(1, 0, with_prefix("a"), 1).unwrap();
+    let first = p.round(0, |_| true).pop().unwrap().shard;
+    // Without affinity the next request would go to the other, idler shard.
+    for seq in 2..=4 {
+        p.enqueue(seq, 0, with_prefix("a"), seq).unwrap();
+        assert_eq!(
+            p.round(0, |_| true).pop().unwrap().shard,
+            first,
+            "request {seq}"
+        );
+    }
+    // The prefix's shard is now full: the next one goes elsewhere.
+    p.enqueue(5, 0, with_prefix("a"), 5).unwrap();
+    assert_ne!(p.round(0, |_| true).pop().unwrap().shard, first);
+}
+
+#[test]
+fn grants_between_reports_spread_over_idle_shards() {
+    // Two idle shards, one report: a round of four goes 2 + 2, because each
+    // grant counts as a sequence on its shard until the next report.
+    let mut p = Policy::new(BOUNDS);
+    for i in 1..=4 {
+        p.enqueue(i, 0, normal("a"), i).unwrap();
+    }
+    p.report(&"w".into(), vec![shard("w", 0, 4), shard("w", 1, 4)]);
+    let got: Vec<_> = p
+        .round(0, |_| true)
+        .into_iter()
+        .map(|g| g.shard.index)
+        .collect();
+    assert_eq!(got, vec![0, 1, 0, 1]);
+}
+
+#[test]
+fn vllm_queue_counts_even_when_the_worker_has_slots() {
+    // vLLM's own queue (traffic that did not come through this worker) is load too.
+    let mut p = Policy::new(BOUNDS);
+    p.enqueue(1, 0, normal("a"), 1).unwrap();
+    let mut queued = shard("w", 0, 4);
+    queued.waiting = 3;
+    p.report(&"w".into(), vec![queued, shard("w", 1, 4)]);
+    assert_eq!(p.round(0, |_| true).pop().unwrap().shard.index, 1);
+}
+
+#[test]
+fn releases_free_slots_and_reports_replace_one_worker_only() {
+    let mut p = Policy::new(BOUNDS);
+    p.report(&"w".into(), vec![shard("w", 0, 1)]);
+    p.report(&"v".into(), vec![shard("v", 0, 0)]);
+    for i in 1..=2 {
+        p.enqueue(i, 0, normal("a"), i).unwrap();
+    }
+    assert_eq!(items(p.round(0, |_| true)), vec![1]);
+    p.release(&id(0));
+    assert_eq!(items(p.round(0, |_| true)), vec![2]);
+    p.report(&"w".into(), vec![]);
+    assert_eq!(p.stats(0).healthy_shards, 1);
+}
+
+#[test]
+fn stats_show_waits_and_counters_per_tenant_and_class() {
+    let mut p = Policy::new(BOUNDS);
+    p.enqueue(1, 1_000, normal("a"), ()).unwrap();
+    p.enqueue(2, 3_000, spec("b", Priority::High), ()).unwrap();
+    let s = p.stats(5_000);
+    assert_eq!(s.tenants.len(), 2);
+    let a = s.tenants.iter().find(|v| &*v.tenant == "a").unwrap();
+    assert_eq!(
+        (a.priority, a.depth, a.oldest_wait_ms),
+        (Priority::Normal, 1, Some(4_000))
+    );
+    let g = {
+        p.report(&"w".into(), vec![shard("w", 0, 4)]);
+        p.round(6_000, |_| true)
+    };
+    assert_eq!(
+        g.iter().map(|g| g.waited_ms).collect::<Vec<_>>(),
+        vec![3_000, 5_000]
+    );
+}

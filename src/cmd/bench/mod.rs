@@ -1,0 +1,64 @@
+//! `tollgate bench`: load generators.
+//!
+//! - `closed`: N clients back to back against one URL (gateway overhead vs a bare shard)
+//! - `open`: an open-loop multi-tenant scenario (Poisson arrivals per tenant)
+//! - `report`: per-tenant statistics, Jain's fairness index, JSON and an SVG chart
+
+mod closed;
+mod open;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::CmdResult;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// An open-loop multi-tenant scenario (TOML; see docs/scheduling.md).
+    /// Without it, a closed loop runs against --url.
+    #[arg(long, conflicts_with = "url")]
+    scenario: Option<PathBuf>,
+    /// Directory for the open-loop report (report.json, service.svg).
+    #[arg(long, default_value = "bench-report")]
+    out: PathBuf,
+    #[command(flatten)]
+    closed: closed::ClosedArgs,
+}
+
+pub async fn run(args: BenchArgs) -> CmdResult {
+    match args.scenario {
+        Some(path) => open::run(&path, &args.out).await,
+        None => closed::run(args.closed).await,
+    }
+}
+
+/// Gets an access token by client credentials (HTTP Basic).
+async fn token(
+    http: &reqwest::Client,
+    url: &str,
+    id: &str,
+    secret: &str,
+) -> anyhow::Result<String> {
+    #[derive(serde::Deserialize)]
+    struct Token {
+        access_token: String,
+    }
+    let resp = http
+        .post(format!("{url}/oauth/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(resp.json::<Token>().await?.access_token)
+}
+
+/// The `p`th percentile (nearest rank) of sorted durations, in milliseconds.
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+}
