@@ -17,6 +17,16 @@ pub enum OAuthCode {
     },
     UnsupportedGrantType,
     InvalidScope,
+    /// The client may not do this (RFC 7009: revoking another client's token).
+    UnauthorizedClient,
+    /// Too many failed attempts from this address: 429 with `Retry-After`.
+    SlowDown {
+        retry_after_secs: u64,
+    },
+    /// The registry cannot be trusted right now (Redis unreachable): 503 with `Retry-After`.
+    TemporarilyUnavailable {
+        retry_after_secs: u64,
+    },
 }
 
 impl OAuthCode {
@@ -26,6 +36,9 @@ impl OAuthCode {
             OAuthCode::InvalidClient { .. } => "invalid_client",
             OAuthCode::UnsupportedGrantType => "unsupported_grant_type",
             OAuthCode::InvalidScope => "invalid_scope",
+            OAuthCode::UnauthorizedClient => "unauthorized_client",
+            OAuthCode::SlowDown { .. } => "slow_down",
+            OAuthCode::TemporarilyUnavailable { .. } => "temporarily_unavailable",
         }
     }
 }
@@ -43,6 +56,20 @@ pub enum ApiError {
     Unauthenticated(&'static str),
     #[error("this call needs the `{}` scope", .0.as_str())]
     Forbidden(Scope),
+    /// RFC 6750 §2.3 is not offered: a token in a URL ends up in logs.
+    #[error(
+        "access tokens are accepted in the Authorization header only, never in the query string"
+    )]
+    TokenInQuery,
+    /// The revocation list or registry is not fresh (Redis unreachable): fail closed.
+    #[error("access control is temporarily unavailable; try again")]
+    AuthUnavailable,
+    /// An admin API object that does not exist.
+    #[error("{0}")]
+    ResourceNotFound(String),
+    /// An admin API change that clashes with the current state.
+    #[error("{0}")]
+    Conflict(String),
     #[error("{message}")]
     InvalidRequest {
         message: String,
@@ -53,10 +80,23 @@ pub enum ApiError {
     ModelNotFound(String),
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The request head is larger than `gateway.max_header_bytes`.
+    #[error("the request headers are larger than {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    /// The body did not arrive within `gateway.body_timeout_secs` (closes the connection).
+    #[error("the request body did not arrive within {secs} seconds")]
+    BodyTimeout { secs: u64 },
     #[error("no such route")]
     NotFound,
     #[error("the tenant's queue is full")]
     QueueFull { retry_after_secs: u64 },
+    /// A rate limit or quota was hit; `code` names it (CONTRACT §3).
+    #[error("{message}")]
+    RateLimited {
+        code: &'static str,
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("{message}")]
     Overloaded {
         message: &'static str,
@@ -103,11 +143,18 @@ impl ApiError {
             ApiError::OAuth { code, .. } => code.as_str(),
             ApiError::Unauthenticated(_) => "invalid_token",
             ApiError::Forbidden(_) => "insufficient_scope",
+            ApiError::TokenInQuery => "invalid_request",
+            ApiError::AuthUnavailable => "auth_unavailable",
+            ApiError::ResourceNotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
             ApiError::InvalidRequest { code, .. } => code.unwrap_or("invalid_request"),
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::HeadersTooLarge { .. } => "request_header_fields_too_large",
+            ApiError::BodyTimeout { .. } => "request_timeout",
             ApiError::NotFound => "not_found",
             ApiError::QueueFull { .. } => "queue_full",
+            ApiError::RateLimited { code, .. } => code,
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::UpstreamTimeout => "upstream_timeout",
             ApiError::Upstream { .. } => "upstream_error",
@@ -122,11 +169,15 @@ impl ApiError {
             ApiError::OAuth { .. } => "oauth_error",
             ApiError::Unauthenticated(_) => "authentication_error",
             ApiError::Forbidden(_) => "permission_error",
-            ApiError::InvalidRequest { .. } | ApiError::PayloadTooLarge { .. } => {
-                "invalid_request_error"
-            }
+            ApiError::TokenInQuery | ApiError::Conflict(_) => "invalid_request_error",
+            ApiError::ResourceNotFound(_) => "not_found_error",
+            ApiError::AuthUnavailable => "api_error",
+            ApiError::InvalidRequest { .. }
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::HeadersTooLarge { .. }
+            | ApiError::BodyTimeout { .. } => "invalid_request_error",
             ApiError::ModelNotFound(_) | ApiError::NotFound => "not_found_error",
-            ApiError::QueueFull { .. } => "rate_limit_error",
+            ApiError::QueueFull { .. } | ApiError::RateLimited { .. } => "rate_limit_error",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::UpstreamTimeout | ApiError::UpstreamFailed | ApiError::Internal(_) => {
                 "api_error"
@@ -175,14 +226,25 @@ impl ResponseError for ApiError {
                 OAuthCode::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
                 OAuthCode::InvalidRequest
                 | OAuthCode::UnsupportedGrantType
-                | OAuthCode::InvalidScope => StatusCode::BAD_REQUEST,
+                | OAuthCode::InvalidScope
+                | OAuthCode::UnauthorizedClient => StatusCode::BAD_REQUEST,
+                OAuthCode::SlowDown { .. } => StatusCode::TOO_MANY_REQUESTS,
+                OAuthCode::TemporarilyUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             },
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TokenInQuery => StatusCode::BAD_REQUEST,
+            ApiError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ResourceNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::ModelNotFound(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::QueueFull { .. } | ApiError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Upstream { status, .. } => {
@@ -206,11 +268,22 @@ impl ResponseError for ApiError {
             ApiError::OAuth { code, .. } => {
                 resp.insert_header((CACHE_CONTROL, "no-store"))
                     .insert_header((PRAGMA, "no-cache"));
-                if let OAuthCode::InvalidClient { basic: true } = code {
-                    resp.insert_header((
-                        WWW_AUTHENTICATE,
-                        "Basic realm=\"tollgate\", charset=\"UTF-8\"",
-                    ));
+                match code {
+                    OAuthCode::InvalidClient { basic: true } => {
+                        resp.insert_header((
+                            WWW_AUTHENTICATE,
+                            "Basic realm=\"tollgate\", charset=\"UTF-8\"",
+                        ));
+                    }
+                    OAuthCode::SlowDown { retry_after_secs }
+                    | OAuthCode::TemporarilyUnavailable { retry_after_secs } => {
+                        resp.insert_header((RETRY_AFTER, retry_after_secs.to_string()));
+                    }
+                    OAuthCode::InvalidClient { basic: false }
+                    | OAuthCode::InvalidRequest
+                    | OAuthCode::UnsupportedGrantType
+                    | OAuthCode::InvalidScope
+                    | OAuthCode::UnauthorizedClient => {}
                 }
             }
             ApiError::Unauthenticated(reason) => {
@@ -230,13 +303,32 @@ impl ResponseError for ApiError {
                     resp.insert_header((WWW_AUTHENTICATE, v));
                 }
             }
+            ApiError::TokenInQuery => {
+                resp.insert_header((
+                    WWW_AUTHENTICATE,
+                    "Bearer realm=\"tollgate\", error=\"invalid_request\", error_description=\"use the Authorization header\"",
+                ));
+            }
+            ApiError::AuthUnavailable => {
+                resp.insert_header((RETRY_AFTER, "1"));
+            }
             ApiError::QueueFull { retry_after_secs }
+            | ApiError::RateLimited {
+                retry_after_secs, ..
+            }
             | ApiError::Overloaded {
                 retry_after_secs, ..
             } => {
                 resp.insert_header((RETRY_AFTER, retry_after_secs.to_string()));
             }
+            // The rest of the body may still be on its way: not read, so not reusable.
+            ApiError::BodyTimeout { .. } => {
+                resp.force_close();
+            }
             ApiError::InvalidRequest { .. }
+            | ApiError::HeadersTooLarge { .. }
+            | ApiError::ResourceNotFound(_)
+            | ApiError::Conflict(_)
             | ApiError::ModelNotFound(_)
             | ApiError::PayloadTooLarge { .. }
             | ApiError::NotFound

@@ -20,6 +20,23 @@ pub struct Outcome {
     pub usage: Option<Usage>,
     pub finish_reason: Option<String>,
     pub error: Option<&'static str>,
+    /// Content chunks passed on (one per choice that carried text): vLLM
+    /// streams one token a chunk, so this counts what was produced when a
+    /// broken stream never delivered its usage chunk.
+    pub content_chunks: u64,
+    /// vLLM's id of the answer (`chatcmpl-…`), for the GenAI span.
+    pub response_id: Option<String>,
+    /// When the first generated text was passed on (streams): time to first token.
+    pub first_token: Option<std::time::Instant>,
+}
+
+impl Outcome {
+    /// Completion tokens actually produced: vLLM's usage when it came, else
+    /// the content chunks the client received.
+    pub fn completion_tokens(&self) -> u64 {
+        self.usage
+            .map_or(self.content_chunks, |u| u.completion_tokens)
+    }
 }
 
 /// Turns a non-2xx vLLM answer into the client's error.
@@ -49,9 +66,9 @@ pub async fn whole(
         .await
         .map_err(|_| ApiError::UpstreamTimeout)?
         .map_err(|_| ApiError::UpstreamFailed)?;
-    drop(lease);
     #[derive(serde::Deserialize)]
     struct Tail {
+        id: Option<String>,
         usage: Option<Usage>,
         #[serde(default)]
         choices: Vec<Choice>,
@@ -61,19 +78,30 @@ pub async fn whole(
         finish_reason: Option<String>,
     }
     let tail: Tail = serde_json::from_slice(&body).map_err(|_| ApiError::UpstreamFailed)?;
+    // The tenant's fair share pays for the output (2 units a token) before the slot is freed.
+    lease.charge_output(tail.usage.map_or(0, |u| u.completion_tokens));
+    drop(lease);
     let outcome = Outcome {
         usage: tail.usage,
         finish_reason: tail.choices.into_iter().find_map(|c| c.finish_reason),
         error: None,
+        content_chunks: 0,
+        response_id: tail.id,
+        first_token: None,
     };
     Ok((body, outcome))
 }
+
+/// Output tokens between two charges to the scheduler while a stream runs.
+const OUTPUT_CHARGE_STEP: u64 = 16;
 
 type Upstream = Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
 
 struct Relay {
     upstream: Upstream,
     lease: Option<Lease>,
+    /// Output tokens already charged to the tenant's fair share.
+    charged: u64,
     client_wants_usage: bool,
     outcome: Outcome,
     done: bool,
@@ -84,7 +112,9 @@ struct Relay {
 impl Relay {
     fn finish(&mut self) {
         self.done = true;
-        self.lease = None;
+        if let Some(lease) = self.lease.take() {
+            lease.charge_output(self.outcome.content_chunks - self.charged);
+        }
         if let Some(f) = self.on_end.take() {
             f(std::mem::take(&mut self.outcome));
         }
@@ -143,6 +173,7 @@ impl Relay {
     fn inspect(&mut self, data: String) -> Option<Bytes> {
         #[derive(serde::Deserialize)]
         struct Chunk {
+            id: Option<String>,
             #[serde(default)]
             choices: Vec<Choice>,
             usage: Option<Usage>,
@@ -151,11 +182,41 @@ impl Relay {
         #[derive(serde::Deserialize)]
         struct Choice {
             finish_reason: Option<String>,
+            /// `/v1/completions`
+            text: Option<String>,
+            /// `/v1/chat/completions`
+            delta: Option<Delta>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Delta {
+            content: Option<String>,
         }
         match serde_json::from_str::<Chunk>(&data) {
             Ok(chunk) => {
                 if chunk.error.is_some() {
                     self.outcome.error = Some("upstream_error");
+                }
+                let produced = chunk.choices.iter().filter(|c| {
+                    let text = c
+                        .text
+                        .as_deref()
+                        .or(c.delta.as_ref().and_then(|d| d.content.as_deref()));
+                    text.is_some_and(|t| !t.is_empty())
+                });
+                let produced = produced.count() as u64;
+                if produced > 0 && self.outcome.first_token.is_none() {
+                    self.outcome.first_token = Some(std::time::Instant::now());
+                }
+                self.outcome.content_chunks += produced;
+                // Output is charged to the tenant's fair share as it streams, in steps.
+                if self.outcome.content_chunks - self.charged >= OUTPUT_CHARGE_STEP
+                    && let Some(lease) = &self.lease
+                {
+                    lease.charge_output(self.outcome.content_chunks - self.charged);
+                    self.charged = self.outcome.content_chunks;
+                }
+                if self.outcome.response_id.is_none() {
+                    self.outcome.response_id = chunk.id;
                 }
                 if let Some(reason) = chunk.choices.iter().find_map(|c| c.finish_reason.clone()) {
                     self.outcome.finish_reason = Some(reason);
@@ -185,6 +246,7 @@ pub fn stream(
     let relay = Relay {
         upstream: Box::pin(resp.bytes_stream().eventsource()),
         lease: Some(lease),
+        charged: 0,
         client_wants_usage,
         outcome: Outcome::default(),
         done: false,
@@ -206,5 +268,51 @@ impl Drop for DropGuard {
             self.0.outcome.error = Some("client_disconnected");
             self.0.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(data: &str) -> Result<Event, EventStreamError<reqwest::Error>> {
+        Ok(Event {
+            event: "message".into(),
+            data: data.into(),
+            id: String::new(),
+            retry: None,
+        })
+    }
+
+    /// A stream cut after two tokens: the client gets an error event and no
+    /// `[DONE]`, and the outcome counts the two tokens produced.
+    #[tokio::test]
+    async fn a_stream_cut_short_ends_with_an_error_and_counts_what_was_produced() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut relay = Relay {
+            upstream: Box::pin(futures::stream::iter(vec![
+                event(r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#),
+                event(r#"{"choices":[{"index":0,"delta":{"content":"Hello"}}]}"#),
+                event(r#"{"choices":[{"index":0,"text":" world"}]}"#),
+            ])),
+            lease: None,
+            charged: 0,
+            client_wants_usage: false,
+            outcome: Outcome::default(),
+            done: false,
+            deadline: Instant::now() + std::time::Duration::from_secs(60),
+            on_end: Some(Box::new(move |o| tx.send(o).unwrap())),
+        };
+        let mut frames = Vec::new();
+        while let Some(f) = relay.next_frame().await {
+            frames.push(String::from_utf8(f.to_vec()).unwrap());
+        }
+        assert_eq!(frames.len(), 4);
+        assert!(frames[3].starts_with("data: {\"error\""), "{frames:?}");
+        assert!(!frames.iter().any(|f| f.contains("[DONE]")));
+        let outcome = rx.recv().unwrap();
+        assert_eq!(outcome.error, Some("upstream_stream_ended"));
+        assert_eq!(outcome.content_chunks, 2);
+        assert_eq!(outcome.completion_tokens(), 2);
     }
 }

@@ -4,11 +4,13 @@
 //! - `secret`: secret sources and a value type that never prints itself
 //! - `openai`: OpenAI-compatible request/response wire types
 //! - `worker_api`: the internal gateway ↔ worker API
+//! - `breaker`: the circuit breaker state machine (pure)
 //! - `ids`: request ids (W3C trace ids) and `traceparent`
-//! - `telemetry`: JSON logging setup
+//! - `telemetry`: logs, OTLP traces and the Prometheus recorder, set up once
 //! - `store`: the Redis access layer
 //! - `testing`: a real redis-server per test (feature `test-support`)
 
+pub mod breaker;
 pub mod config;
 pub mod ids;
 pub mod openai;

@@ -42,6 +42,8 @@ impl RedisServer {
     pub fn config(&self, prefix: &str) -> RedisConfig {
         RedisConfig {
             url: Secret::new(self.url()),
+            gateway_replicas: 1,
+            usage_retention: std::time::Duration::from_secs(86_400),
             key_prefix: prefix.to_owned(),
             on_failure: RedisFailureMode::Local,
         }

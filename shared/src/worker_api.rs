@@ -11,6 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::breaker::BreakerState;
+
 pub const LOAD_PATH: &str = "/internal/v1/load";
 pub const WORKER_ERROR_HEADER: &str = "x-tollgate-worker-error";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -113,4 +115,43 @@ pub struct ShardLoad {
     pub max_inflight: u32,
     /// Requests the worker would admit now.
     pub free_slots: u32,
+    /// The worker's circuit breaker for this shard (absent from older workers: closed).
+    #[serde(default)]
+    pub breaker: BreakerState,
+    /// Mean inter-token latency vLLM reported since the previous scrape
+    /// (`vllm:inter_token_latency_seconds`, or V0's `time_per_output_token_seconds`).
+    #[serde(default)]
+    pub inter_token_latency_ms: Option<f64>,
+}
+
+/// How workers register themselves in Redis (when `redis.url` is set) so
+/// gateways can find them: one key per worker holding a [`WorkerRecord`] with a
+/// TTL that a heartbeat keeps refreshing, plus an index set of worker ids.
+/// Every key carries the `{workers}` hash tag, so one atomic pipeline (and one
+/// `MGET`) works on Redis Cluster too. Names go under the configured prefix.
+pub mod registry {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Serialize};
+
+    /// The set of registered worker ids (entries may have expired since).
+    pub const INDEX: &str = "{workers}:index";
+    /// A registration lives this long unless refreshed.
+    pub const TTL: Duration = Duration::from_secs(3);
+    /// How often a worker refreshes its registration.
+    pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+    /// The key of worker `id`'s registration (below the prefix).
+    pub fn key(id: &str) -> String {
+        format!("{{workers}}:w:{id}")
+    }
+
+    /// What a worker registers: where gateways reach it.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct WorkerRecord {
+        pub id: String,
+        /// The worker's advertised base URL, without a trailing slash.
+        pub url: String,
+        pub shards: u32,
+    }
 }

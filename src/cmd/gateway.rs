@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tollgate_shared::config::Role;
 
-use super::{CmdResult, Failure, Running, bind, load, serve_until_signal};
+use super::{CmdResult, Failure, Running, bind, serve_until_signal, telemetry};
 
 #[derive(clap::Args)]
 pub struct GatewayArgs {
@@ -18,7 +18,8 @@ pub struct GatewayArgs {
 }
 
 pub async fn run(path: Option<&Path>, args: GatewayArgs) -> CmdResult {
-    let mut config = load(path, Role::Gateway)?;
+    let mut config = tollgate_shared::config::load(path, Role::Gateway)?;
+    let telemetry = telemetry(&config, "gateway")?;
     if let Some(listen) = args.listen {
         config.gateway.listen = listen;
     }
@@ -33,5 +34,6 @@ pub async fn run(path: Option<&Path>, args: GatewayArgs) -> CmdResult {
     tracing::info!(role = "gateway", addr = %addr, "listening");
     let result = serve_until_signal(vec![Running::spawn("gateway", server)], grace, || {}).await;
     runtime.shutdown().await;
+    telemetry.shutdown().await;
     result
 }

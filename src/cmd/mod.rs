@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use tollgate_shared::config::{self, Config, ConfigError, Role};
+use tollgate_shared::telemetry::Telemetry;
 
 /// How a subcommand fails: a config problem exits 2, anything else 1.
 #[derive(Debug)]
@@ -55,6 +56,13 @@ pub fn load(path: Option<&Path>, role: Role) -> Result<Config, Failure> {
     let config = config::load(path, role)?;
     tollgate_shared::telemetry::init_logging(&config.telemetry.log_level);
     Ok(config)
+}
+
+/// Sets up a server's telemetry (logs, traces, metrics) as `name`. Its
+/// `shutdown` comes last, after the servers drained and the audit flushed.
+pub fn telemetry(config: &Config, name: &str) -> Result<Telemetry, Failure> {
+    tollgate_shared::telemetry::init(&config.telemetry, name)
+        .map_err(|e| Failure::Other(anyhow::anyhow!(e)))
 }
 
 /// `tollgate check-config`: validate and print the effective config, secrets masked.

@@ -161,7 +161,7 @@ pub async fn run(path: Option<&Path>, args: UpArgs) -> CmdResult {
         None
     };
     let mut config = config::validate(raw, Role::Embedded)?;
-    tollgate_shared::telemetry::init_logging(&config.telemetry.log_level);
+    let telemetry = super::telemetry(&config, "up")?;
     if let Some(listen) = args.listen {
         config.gateway.listen = listen;
     }
@@ -189,6 +189,12 @@ pub async fn run(path: Option<&Path>, args: UpArgs) -> CmdResult {
             poll_interval: config.worker.poll_interval,
             secret,
             shutdown_grace: config.shutdown_grace,
+            breaker: tollgate_shared::breaker::BreakerConfig {
+                failure_threshold: config.worker.breaker_failures,
+                cool_down: config.worker.breaker_cooldown,
+            },
+            // The embedded gateway lists this worker statically.
+            registry: None,
         },
         worker_listener,
     )?;
@@ -211,6 +217,7 @@ pub async fn run(path: Option<&Path>, args: UpArgs) -> CmdResult {
     servers.extend(sims);
     let result = serve_until_signal(servers, grace, || node.drain()).await;
     runtime.shutdown().await;
+    telemetry.shutdown().await;
     result
 }
 

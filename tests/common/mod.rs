@@ -4,6 +4,12 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod deploy;
+pub mod fleet;
+pub mod hardening;
+pub mod identity;
+pub mod observability;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -3,52 +3,49 @@
 
 use std::time::Instant;
 
-use actix_web::http::header::{CACHE_CONTROL, CONTENT_LENGTH};
-use actix_web::{HttpRequest, HttpResponse, web};
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use tollgate_shared::config::Scope;
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use tollgate_shared::config::{Priority, Scope};
 use tollgate_shared::openai::{ChatCompletionRequest, CompletionRequest, GenerateRequest};
+use tracing::{Instrument, info_span};
 
 use super::request_id_of;
 use crate::app::Gateway;
 use crate::auth::{Caller, authenticate};
-use crate::dispatch::dispatch;
+use crate::dispatch::{dispatch, job_spec};
 use crate::error::ApiError;
+use crate::limits::{self, Charge, Refusal, Subject};
 use crate::relay::{self, Outcome};
-use crate::validate::{self, Plan, parse_json};
+use crate::telemetry::Observe;
+use crate::transport;
+use crate::validate::{self, Plan, Rules, parse_json};
 
 /// Stages `authenticate` and `authorize` for inference routes.
 fn caller(req: &HttpRequest, gw: &Gateway) -> Result<Caller, ApiError> {
-    let caller = authenticate(req, &gw.tokens, &gw.registry)?;
+    let _stage = info_span!("authenticate").entered();
+    let mut caller = authenticate(req, &gw.tokens, &gw.registry)?;
+    caller.priority = requested_priority(req, caller.priority)?;
+    Observe::of(req).caller(&caller);
     caller.require(Scope::Infer)?;
     Ok(caller)
 }
 
-/// Reads the body, refusing it as soon as it passes `limit` bytes.
-async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::PayloadTooLarge { limit });
-    }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
+/// A request may lower its own priority with `x-tollgate-priority`, never raise it.
+fn requested_priority(req: &HttpRequest, tenant: Priority) -> Result<Priority, ApiError> {
+    let Some(v) = req.headers().get("x-tollgate-priority") else {
+        return Ok(tenant);
+    };
+    let asked = v
+        .to_str()
+        .ok()
+        .and_then(|s| Priority::parse(s.trim()))
+        .ok_or_else(|| {
+            ApiError::invalid_param(
+                "x-tollgate-priority",
+                "x-tollgate-priority must be high, normal or low",
+            )
+        })?;
+    // `Priority` orders high < normal < low: the larger is the lower class.
+    Ok(asked.max(tenant))
 }
 
 pub async fn chat_completions(
@@ -57,11 +54,15 @@ pub async fn chat_completions(
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller(&req, &gw)?;
-    let body = read_body(&req, payload, gw.config.gateway.max_body_bytes).await?;
-    let plan = validate::chat(
-        parse_json::<ChatCompletionRequest>(&body)?,
-        &gw.config.gateway.model,
-    )?;
+    let stage = info_span!("validate");
+    let body = transport::read_body(&req, payload, &gw.config.gateway)
+        .instrument(stage.clone())
+        .await?;
+    let plan = stage.in_scope(|| {
+        let parsed = parse_json::<ChatCompletionRequest>(&body)?;
+        Observe::of(&req).chat(&parsed);
+        validate::chat(parsed, &Rules::for_tenant(&gw, &caller.tenant))
+    })?;
     serve(&req, &gw, caller, plan).await
 }
 
@@ -71,11 +72,15 @@ pub async fn completions(
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller(&req, &gw)?;
-    let body = read_body(&req, payload, gw.config.gateway.max_body_bytes).await?;
-    let plan = validate::completion(
-        parse_json::<CompletionRequest>(&body)?,
-        &gw.config.gateway.model,
-    )?;
+    let stage = info_span!("validate");
+    let body = transport::read_body(&req, payload, &gw.config.gateway)
+        .instrument(stage.clone())
+        .await?;
+    let plan = stage.in_scope(|| {
+        let parsed = parse_json::<CompletionRequest>(&body)?;
+        Observe::of(&req).completion(&parsed);
+        validate::completion(parsed, &Rules::for_tenant(&gw, &caller.tenant))
+    })?;
     serve(&req, &gw, caller, plan).await
 }
 
@@ -85,23 +90,40 @@ pub async fn generate(
     payload: web::Payload,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = caller(&req, &gw)?;
-    let body = read_body(&req, payload, gw.config.gateway.max_body_bytes).await?;
-    let g: GenerateRequest = parse_json(&body)?;
-    let plan = validate::generate(
-        g.prompt,
-        g.max_tokens,
-        g.temperature,
-        &gw.config.gateway.model,
-    )?;
+    let mut caller = caller(&req, &gw)?;
+    let stage = info_span!("validate");
+    let body = transport::read_body(&req, payload, &gw.config.gateway)
+        .instrument(stage.clone())
+        .await?;
+    let plan = stage.in_scope(|| {
+        let parsed = parse_json::<GenerateRequest>(&body)?;
+        Observe::of(&req).generate(&parsed);
+        validate::generate(parsed, &Rules::for_tenant(&gw, &caller.tenant))
+    })?;
+    caller.mark("validate");
+    let obs = Observe::of(&req);
+    obs.flagged(plan.flagged);
+    let charge = limit(&req, &gw, &caller, &plan)
+        .instrument(info_span!("limit"))
+        .await?;
+    caller.mark("limit");
+    let genai = obs.genai();
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + gw.config.gateway.request_timeout;
     let request_id = request_id_of(&req);
-    let d = dispatch_by(gw.get_ref(), &caller, &plan, request_id, deadline).await?;
+    let d = dispatch_by(gw.get_ref(), &caller, &plan, request_id, deadline)
+        .instrument(genai.clone())
+        .await?;
     if !d.response.status().is_success() {
         return Err(relay::upstream_error(d.response).await);
     }
-    let (bytes, outcome) = relay::whole(d.response, d.grant.lease, deadline).await?;
+    caller.mark("dispatch");
+    let (bytes, outcome) = relay::whole(d.response, d.grant.lease, deadline)
+        .instrument(obs.relay(&genai))
+        .await?;
+    obs.answer(&outcome);
+    charge.finish(outcome.usage, 0);
+    caller.mark("relay");
     #[derive(serde::Deserialize)]
     struct Chat {
         choices: Vec<Choice>,
@@ -122,7 +144,11 @@ pub async fn generate(
         .and_then(|c| c.message.content)
         .unwrap_or_default();
     log_outcome(&caller, "/v1/generate", started, &outcome);
-    Ok(HttpResponse::Ok().json(serde_json::json!({
+    let mut ok = HttpResponse::Ok();
+    if let Some(timing) = caller.timing_header() {
+        ok.insert_header(timing);
+    }
+    Ok(ok.json(serde_json::json!({
         "id": request_id.to_string(),
         "result": result,
         "usage": outcome.usage.unwrap_or_default(),
@@ -132,39 +158,135 @@ pub async fn generate(
 /// Stages `enqueue`, `dispatch` and `relay`, common to chat and completions.
 async fn serve(
     req: &HttpRequest,
-    gw: &Gateway,
-    caller: Caller,
+    gw: &web::Data<Gateway>,
+    mut caller: Caller,
     plan: Plan,
 ) -> Result<HttpResponse, ApiError> {
+    caller.mark("validate");
+    let obs = Observe::of(req);
+    obs.flagged(plan.flagged);
+    let charge = limit(req, gw, &caller, &plan)
+        .instrument(info_span!("limit"))
+        .await?;
+    caller.mark("limit");
+    let genai = obs.genai();
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + gw.config.gateway.request_timeout;
     let route = req.path().to_owned();
     let request_id = request_id_of(req);
-    let d = dispatch_by(gw, &caller, &plan, request_id, deadline).await?;
+    if plan.stream {
+        // The answer may start before the grant (SSE keep-alives while queued),
+        // so dispatch runs inside the stream: see `transport::sse`.
+        let timing = caller.timing_header();
+        let timers = transport::StreamTimers {
+            keepalive: gw.config.gateway.sse_keepalive,
+            idle: gw.config.gateway.stream_idle_timeout,
+        };
+        let gw = gw.clone();
+        let (end, relay_parent) = (obs.clone(), genai.clone());
+        let start = async move {
+            let d = dispatch_by(&gw, &caller, &plan, request_id, deadline).await?;
+            if !d.response.status().is_success() {
+                return Err(relay::upstream_error(d.response).await);
+            }
+            caller.mark("dispatch");
+            end.relay(&relay_parent);
+            let on_end = Box::new(move |outcome: Outcome| {
+                log_outcome(&caller, &route, started, &outcome);
+                charge.finish(outcome.usage, outcome.content_chunks);
+                end.stream_end(&outcome);
+            });
+            Ok(relay::stream(
+                d.response,
+                d.grant.lease,
+                plan.client_wants_usage,
+                deadline,
+                on_end,
+            ))
+        };
+        // The start runs in the GenAI span; a start that fails or is dropped ends the record.
+        let mut resp = transport::stream_response(obs.stream(genai, start), timers).await?;
+        if let Some((name, value)) = timing {
+            resp.headers_mut().insert(name, value);
+        }
+        return Ok(resp);
+    }
+    let d = dispatch_by(gw, &caller, &plan, request_id, deadline)
+        .instrument(genai.clone())
+        .await?;
     if !d.response.status().is_success() {
         return Err(relay::upstream_error(d.response).await);
     }
-    if plan.stream {
-        let on_end =
-            Box::new(move |outcome: Outcome| log_outcome(&caller, &route, started, &outcome));
-        let stream = relay::stream(
-            d.response,
-            d.grant.lease,
-            plan.client_wants_usage,
-            deadline,
-            on_end,
-        );
-        return Ok(HttpResponse::Ok()
-            .content_type("text/event-stream")
-            .insert_header((CACHE_CONTROL, "no-cache"))
-            .insert_header(("x-accel-buffering", "no"))
-            .streaming(stream));
-    }
-    let (bytes, outcome) = relay::whole(d.response, d.grant.lease, deadline).await?;
+    // Queue wait and dispatch, until the model server's answer starts.
+    caller.mark("dispatch");
+    let mut ok = HttpResponse::Ok();
+    let (bytes, outcome) = relay::whole(d.response, d.grant.lease, deadline)
+        .instrument(obs.relay(&genai))
+        .await?;
+    obs.answer(&outcome);
     log_outcome(&caller, &route, started, &outcome);
-    Ok(HttpResponse::Ok()
-        .content_type("application/json")
-        .body(bytes))
+    charge.finish(outcome.usage, 0);
+    caller.mark("relay");
+    if let Some(timing) = caller.timing_header() {
+        ok.insert_header(timing);
+    }
+    Ok(ok.content_type("application/json").body(bytes))
+}
+
+/// Stage `limit`: checks and debits the caller's rate limits and quotas in one
+/// step; what is left goes on the answer as `x-ratelimit-*` headers.
+async fn limit(
+    req: &HttpRequest,
+    gw: &Gateway,
+    caller: &Caller,
+    plan: &Plan,
+) -> Result<Charge, ApiError> {
+    let client_limits = gw
+        .registry
+        .client(&caller.client_id)
+        .map(|c| c.limits)
+        .unwrap_or_default();
+    let tenant_limits = gw
+        .registry
+        .tenant(&caller.tenant)
+        .map(|t| t.limits)
+        .unwrap_or_default();
+    let subject = Subject {
+        tenant: &caller.tenant,
+        client: &caller.client_id,
+        tenant_limits,
+        client_limits,
+    };
+    match gw.limiter.admit(&subject, plan.cost_tokens).await {
+        Ok((ticket, headroom)) => {
+            req.extensions_mut().insert(headroom);
+            Ok(Charge::new(gw.limiter.clone(), ticket, plan.prompt_tokens))
+        }
+        Err(Refusal::Limited {
+            kind,
+            retry_after_ms,
+            headroom,
+        }) => {
+            req.extensions_mut().insert(headroom);
+            let what = kind.code().replace('_', " ");
+            let message = match retry_after_ms {
+                Some(_) => format!("rate limit reached: {what}"),
+                None => format!(
+                    "this request alone ({} tokens reserved) exceeds the {what} limit",
+                    plan.cost_tokens
+                ),
+            };
+            Err(ApiError::RateLimited {
+                code: kind.code(),
+                message,
+                retry_after_secs: limits::retry_after_secs(retry_after_ms),
+            })
+        }
+        Err(Refusal::Unavailable) => Err(ApiError::Overloaded {
+            message: "the rate limiter is unavailable; try again",
+            retry_after_secs: 1,
+        }),
+    }
 }
 
 /// Dispatch bounded by the whole request's deadline (vLLM answers a
@@ -177,12 +299,13 @@ async fn dispatch_by(
     deadline: tokio::time::Instant,
 ) -> Result<crate::dispatch::Dispatched, ApiError> {
     let queue_timeout = gw.config.scheduler.queue_timeout;
+    let weight = gw.registry.tenant(&caller.tenant).map_or(1, |t| t.weight);
     tokio::time::timeout_at(
         deadline,
         dispatch(
             &gw.scheduler,
             &gw.pool,
-            caller,
+            job_spec(caller, weight, plan, gw.config.scheduler.fair_share),
             plan,
             request_id,
             queue_timeout,

@@ -5,13 +5,15 @@
 pub mod raw;
 mod validate;
 
+pub use validate::{ID_RULE, valid_id};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::secret::{Secret, SecretSource};
 pub use raw::RawConfig;
@@ -47,6 +49,20 @@ pub struct GatewayConfig {
     pub tls: Option<TlsConfig>,
     /// The model name clients see and vLLM serves.
     pub model: String,
+    /// The served model's Hugging Face `tokenizer.json`, for exact token counts.
+    pub tokenizer: Option<PathBuf>,
+    /// The request head must arrive within this (slowloris guard).
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub keep_alive: Duration,
+    /// The whole request body must arrive within this, else 408.
+    pub body_timeout: Duration,
+    /// A stream whose client takes nothing for this long is aborted upstream.
+    pub stream_idle_timeout: Duration,
+    /// A stream quiet for this long (queued, or before its first token) gets an SSE comment.
+    pub sse_keepalive: Duration,
+    /// Request heads larger than this (names and values of all headers) are refused with 431.
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,6 +79,28 @@ pub enum JwtAlgorithm {
     EdDSA,
 }
 
+impl JwtAlgorithm {
+    /// The JOSE name (RFC 7518 / RFC 8037).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JwtAlgorithm::HS256 => "HS256",
+            JwtAlgorithm::RS256 => "RS256",
+            JwtAlgorithm::ES256 => "ES256",
+            JwtAlgorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JwtAlgorithm> {
+        match s {
+            "HS256" => Some(JwtAlgorithm::HS256),
+            "RS256" => Some(JwtAlgorithm::RS256),
+            "ES256" => Some(JwtAlgorithm::ES256),
+            "EdDSA" => Some(JwtAlgorithm::EdDSA),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AuthConfig {
     pub issuer: String,
@@ -71,6 +109,25 @@ pub struct AuthConfig {
     pub algorithm: JwtAlgorithm,
     /// Present whenever `algorithm` is HS256 and the role signs or verifies tokens.
     pub hs256_secret: Option<Secret>,
+    /// PEM private key; present whenever `algorithm` is asymmetric and the role signs tokens.
+    pub signing_key: Option<Secret>,
+    /// The signing key's id (`kid`), when set explicitly.
+    pub kid: Option<String>,
+    /// Keys that verify but no longer sign (rotation).
+    pub verify_keys: Vec<VerifyKeyConfig>,
+    /// While Redis is unreachable: `false` (default) fails revocation and
+    /// registry checks closed with 503; `true` keeps trusting the last view.
+    pub stale_ok_on_redis_failure: bool,
+}
+
+/// A key that verifies tokens but signs none, kept during a rotation.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyKeyConfig {
+    /// None: tokens without a `kid` (HS256), or the key's RFC 7638 thumbprint (asymmetric).
+    pub kid: Option<String>,
+    pub algorithm: JwtAlgorithm,
+    /// The PEM public key (asymmetric) or the shared secret (HS256).
+    pub key: Secret,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -84,11 +141,16 @@ pub enum RedisFailureMode {
 #[derive(Debug, Clone, Serialize)]
 pub struct RedisConfig {
     pub url: Secret,
+    /// Gateway replicas sharing this Redis: with `on_failure = "local"` each
+    /// enforces limit ÷ this many while Redis is down.
+    pub gateway_replicas: u64,
+    /// How long usage for billing is kept.
+    pub usage_retention: Duration,
     pub key_prefix: String,
     pub on_failure: RedisFailureMode,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     High,
@@ -117,7 +179,7 @@ impl Priority {
 
 /// Limits of a tenant or (as overrides) of a client. `None` means unlimited
 /// (or, on a client, inherited from its tenant).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
@@ -133,7 +195,7 @@ pub struct TenantConfig {
     pub limits: Limits,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     Infer,
@@ -180,6 +242,12 @@ pub struct ClientConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct SchedulerConfig {
     pub max_queue_per_tenant: usize,
+    /// Request bodies waiting in the queue, all tenants together; past it the
+    /// lowest class is shed first.
+    pub max_queued_bytes: usize,
+    /// Priority classes and fair share inside them; `false` is plain FIFO
+    /// (for comparison — it is what a queue without a scheduler does).
+    pub fair_share: bool,
     pub queue_timeout: Duration,
     pub batch_window: Duration,
 }
@@ -197,6 +265,13 @@ pub struct WorkerConfig {
     pub shards: Vec<String>,
     pub max_inflight_per_shard: u32,
     pub poll_interval: Duration,
+    /// The URL gateways reach this worker at, as registered in Redis;
+    /// `None`: `http://` + the address the worker is listening on.
+    pub advertise_url: Option<String>,
+    /// Consecutive relay failures that open a shard's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before probing the shard again.
+    pub breaker_cooldown: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -207,12 +282,30 @@ pub enum SystemPromptPolicy {
     Off,
 }
 
+/// Compiled size bound of one deny pattern (and of the whole set), so a
+/// pathological regex fails at load time instead of eating memory.
+pub const DENY_PATTERN_SIZE_LIMIT: usize = 4 << 20;
+
+/// What the prompt guard does when a deny pattern matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardMode {
+    /// Refuse the request (400 `prompt_rejected`).
+    Reject,
+    /// Serve it and mark it in the audit trail.
+    Flag,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct GuardrailsConfig {
     pub max_prompt_chars: usize,
+    /// Regexes (each checked at load time) matched against normalised prompt text.
     pub deny_patterns: Vec<String>,
     pub system_prompt: Option<String>,
     pub system_prompt_policy: SystemPromptPolicy,
+    pub mode: GuardMode,
+    /// vLLM extra request fields clients may send (from [`crate::openai::VLLM_EXTRA_FIELDS`]).
+    pub allow_fields: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -224,11 +317,26 @@ pub enum OtlpProtocol {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TelemetryConfig {
-    pub service_name: String,
+    /// `None`: each role names itself (`tollgate-gateway`, `tollgate-worker`, `tollgate`).
+    pub service_name: Option<String>,
     pub otlp_endpoint: Option<String>,
     pub otlp_protocol: OtlpProtocol,
     pub audit_log: Option<PathBuf>,
     pub log_level: String,
+    /// `false` records nothing (for overhead benchmarks only; warned about at start).
+    pub audit_enabled: bool,
+    /// The audit file is rotated when it passes this size…
+    pub audit_rotate_bytes: u64,
+    /// …or this age.
+    pub audit_rotate: Duration,
+    /// Rotated audit files kept (the oldest beyond this are deleted).
+    pub audit_keep_files: usize,
+    /// Rotated audit files older than this are deleted.
+    pub audit_retention: Duration,
+    /// Approximate length of the Redis audit stream (`XADD … MAXLEN ~ N`).
+    pub audit_stream_max_len: u64,
+    /// Put a redacted sample of each prompt in its audit record (off by default).
+    pub audit_prompt_sample: bool,
 }
 
 /// The `[sim]` section; command-line flags of `tollgate sim` override it.

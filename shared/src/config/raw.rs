@@ -41,6 +41,13 @@ pub struct RawGateway {
     pub workers: Option<Vec<String>>,
     pub tls: Option<RawTls>,
     pub model: Option<String>,
+    pub tokenizer: Option<String>,
+    pub header_timeout_secs: Option<u64>,
+    pub keep_alive_secs: Option<u64>,
+    pub body_timeout_secs: Option<u64>,
+    pub stream_idle_timeout_secs: Option<u64>,
+    pub sse_keepalive_secs: Option<u64>,
+    pub max_header_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,17 +60,37 @@ pub struct RawTls {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
+    pub on_redis_failure: Option<String>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub token_ttl_secs: Option<u64>,
     pub algorithm: Option<String>,
     pub hs256_secret: Option<SecretSource>,
+    /// PEM private key for RS256, ES256 or EdDSA.
+    pub signing_key: Option<SecretSource>,
+    /// Key id put in every token's header (default: the key's RFC 7638 thumbprint).
+    pub kid: Option<String>,
+    /// Earlier keys that still verify (rotation): their tokens live until they expire.
+    pub verify_keys: Option<Vec<RawVerifyKey>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerifyKey {
+    pub kid: Option<String>,
+    pub algorithm: String,
+    /// PEM public key (RS256, ES256, EdDSA).
+    pub public_key: Option<SecretSource>,
+    /// The shared secret (HS256).
+    pub secret: Option<SecretSource>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
     pub url: Option<String>,
+    pub gateway_replicas: Option<u64>,
+    pub usage_retention_days: Option<u64>,
     pub key_prefix: Option<String>,
     pub on_failure: Option<String>,
 }
@@ -99,6 +126,8 @@ pub struct RawClient {
 #[serde(deny_unknown_fields)]
 pub struct RawScheduler {
     pub max_queue_per_tenant: Option<u64>,
+    pub max_queued_bytes: Option<u64>,
+    pub fair_share: Option<bool>,
     pub queue_timeout_secs: Option<u64>,
     pub batch_window_ms: Option<u64>,
 }
@@ -117,6 +146,9 @@ pub struct RawWorker {
     pub max_inflight_per_shard: Option<u64>,
     pub id: Option<String>,
     pub poll_interval_ms: Option<u64>,
+    pub advertise_url: Option<String>,
+    pub breaker_failures: Option<u64>,
+    pub breaker_cooldown_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +158,8 @@ pub struct RawGuardrails {
     pub deny_patterns: Option<Vec<String>>,
     pub system_prompt: Option<String>,
     pub system_prompt_policy: Option<String>,
+    pub mode: Option<String>,
+    pub allow_fields: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +170,13 @@ pub struct RawTelemetry {
     pub otlp_protocol: Option<String>,
     pub audit_log: Option<String>,
     pub log_level: Option<String>,
+    pub audit_enabled: Option<bool>,
+    pub audit_rotate_bytes: Option<u64>,
+    pub audit_rotate_secs: Option<u64>,
+    pub audit_keep_files: Option<u64>,
+    pub audit_retention_days: Option<u64>,
+    pub audit_stream_max_len: Option<u64>,
+    pub audit_prompt_sample: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -79,6 +79,12 @@ pub(super) fn validate(raw: RawConfig, role: Role) -> Result<Config, Vec<ConfigI
             raw.scheduler.max_queue_per_tenant,
             1000,
         ) as usize,
+        max_queued_bytes: is.positive(
+            "scheduler.max_queued_bytes",
+            raw.scheduler.max_queued_bytes,
+            256 * 1024 * 1024,
+        ) as usize,
+        fair_share: raw.scheduler.fair_share.unwrap_or(true),
         queue_timeout: Duration::from_secs(is.positive(
             "scheduler.queue_timeout_secs",
             raw.scheduler.queue_timeout_secs,
@@ -141,30 +147,81 @@ fn gateway(is: &mut Issues, g: RawGateway) -> GatewayConfig {
     if model.trim().is_empty() {
         is.push("gateway.model", &model, "must not be empty");
     }
+    if let Some(t) = &g.tokenizer
+        && std::fs::metadata(t).map(|m| !m.is_file()).unwrap_or(true)
+    {
+        is.push(
+            "gateway.tokenizer",
+            t,
+            "must be a readable tokenizer.json file",
+        );
+    }
     GatewayConfig {
+        tokenizer: g.tokenizer.map(PathBuf::from),
         listen,
         max_body_bytes: max_body_bytes as usize,
         request_timeout: Duration::from_secs(request_timeout),
         workers,
-        tls: g.tls.map(|t| TlsConfig {
-            cert: PathBuf::from(t.cert),
-            key: PathBuf::from(t.key),
+        tls: g.tls.map(|t| {
+            for (k, path) in [("gateway.tls.cert", &t.cert), ("gateway.tls.key", &t.key)] {
+                if std::fs::metadata(path)
+                    .map(|m| !m.is_file())
+                    .unwrap_or(true)
+                {
+                    is.push(k, path, "must be a readable PEM file");
+                }
+            }
+            TlsConfig {
+                cert: PathBuf::from(t.cert),
+                key: PathBuf::from(t.key),
+            }
         }),
         model,
+        header_timeout: secs(is, "gateway.header_timeout_secs", g.header_timeout_secs, 10),
+        keep_alive: secs(is, "gateway.keep_alive_secs", g.keep_alive_secs, 30),
+        body_timeout: secs(is, "gateway.body_timeout_secs", g.body_timeout_secs, 30),
+        stream_idle_timeout: secs(
+            is,
+            "gateway.stream_idle_timeout_secs",
+            g.stream_idle_timeout_secs,
+            60,
+        ),
+        sse_keepalive: secs(is, "gateway.sse_keepalive_secs", g.sse_keepalive_secs, 15),
+        max_header_bytes: {
+            let v = g.max_header_bytes.unwrap_or(32_768);
+            // actix-http refuses heads over 128 KiB by itself.
+            if !(1024..=131_072).contains(&v) {
+                is.push(
+                    "gateway.max_header_bytes",
+                    v,
+                    "must be between 1024 and 131072",
+                );
+            }
+            v as usize
+        },
     }
 }
 
+/// A timeout in whole seconds: at least 1, at most a day.
+fn secs(is: &mut Issues, key: &str, value: Option<u64>, default: u64) -> Duration {
+    let v = is.positive(key, value, default);
+    if v > 86_400 {
+        is.push(key, v, "must be at most 86400 (one day)");
+    }
+    Duration::from_secs(v.clamp(1, 86_400))
+}
+
 fn auth(is: &mut Issues, a: RawAuth, role: Role) -> AuthConfig {
-    let algorithm = match a.algorithm.as_deref().unwrap_or("HS256") {
-        "HS256" => JwtAlgorithm::HS256,
-        other => {
+    let algorithm = match a.algorithm.as_deref() {
+        None => JwtAlgorithm::HS256,
+        Some(name) => JwtAlgorithm::parse(name).unwrap_or_else(|| {
             is.push(
                 "auth.algorithm",
-                other,
-                "must be HS256 (RS256, ES256 and EdDSA are not supported yet)",
+                name,
+                "must be one of HS256, RS256, ES256, EdDSA",
             );
             JwtAlgorithm::HS256
-        }
+        }),
     };
     let ttl = is.positive("auth.token_ttl_secs", a.token_ttl_secs, 3600);
     if ttl > 86_400 {
@@ -175,23 +232,66 @@ fn auth(is: &mut Issues, a: RawAuth, role: Role) -> AuthConfig {
         );
     }
     let hs256_secret = is.secret("auth.hs256_secret", a.hs256_secret);
-    match &hs256_secret {
-        Some(s) if s.expose().len() < MIN_HS256_SECRET_BYTES => is.push(
-            "auth.hs256_secret",
-            "(secret)",
-            format!("must be at least {MIN_HS256_SECRET_BYTES} bytes"),
-        ),
-        Some(s) if is_published_example(s.expose()) => is.push(
-            "auth.hs256_secret",
-            "(secret)",
-            "is a published example secret; generate one, e.g. `openssl rand -base64 48`",
-        ),
-        None if role == Role::Gateway && algorithm == JwtAlgorithm::HS256 => is.push(
-            "auth.hs256_secret",
-            "(absent)",
-            "required with algorithm HS256 (e.g. hs256_secret = { env = \"TOLLGATE_JWT_SECRET\" })",
-        ),
-        _ => {}
+    if let Some(s) = &hs256_secret {
+        hs256_rules(is, "auth.hs256_secret", s);
+    }
+    let signs = matches!(role, Role::Gateway | Role::Embedded);
+    let signing_key = is.secret("auth.signing_key", a.signing_key);
+    if algorithm == JwtAlgorithm::HS256 {
+        if hs256_secret.is_none() && role == Role::Gateway {
+            is.push(
+                "auth.hs256_secret",
+                "(absent)",
+                "required with algorithm HS256 (e.g. hs256_secret = { env = \"TOLLGATE_JWT_SECRET\" })",
+            );
+        }
+        if signing_key.is_some() {
+            is.push(
+                "auth.signing_key",
+                "(key)",
+                "is used with RS256, ES256 or EdDSA only; HS256 signs with hs256_secret",
+            );
+        }
+    } else {
+        match &signing_key {
+            Some(k) if !is_pem(k.expose(), "PRIVATE KEY") => is.push(
+                "auth.signing_key",
+                "(key)",
+                "must be a PEM private key (-----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----)",
+            ),
+            None if signs => is.push(
+                "auth.signing_key",
+                "(absent)",
+                format!(
+                    "required with algorithm {} (e.g. signing_key = {{ file = \"jwt.pem\" }})",
+                    algorithm.as_str()
+                ),
+            ),
+            _ => {}
+        }
+    }
+    if let Some(kid) = &a.kid
+        && !valid_id(kid)
+    {
+        is.push("auth.kid", kid, ID_RULE);
+    }
+    let verify_keys = verify_keys(is, a.verify_keys.unwrap_or_default());
+    let mut kids = HashSet::new();
+    // The signing key's id: HS256 tokens carry none unless one is set.
+    let signing_kid = match (&a.kid, algorithm) {
+        (Some(k), _) => Some(k.clone()),
+        (None, JwtAlgorithm::HS256) => None,
+        (None, _) => Some("(thumbprint)".into()),
+    };
+    kids.insert(signing_kid);
+    for (i, k) in verify_keys.iter().enumerate() {
+        if (k.kid.is_some() || k.algorithm == JwtAlgorithm::HS256) && !kids.insert(k.kid.clone()) {
+            is.push(
+                format!("auth.verify_keys[{i}].kid"),
+                &k.kid,
+                "two keys with one kid: a token could not tell which one verifies it",
+            );
+        }
     }
     let issuer = a.issuer.unwrap_or_else(|| "tollgate".into());
     let audience = a.audience.unwrap_or_else(|| "tollgate-api".into());
@@ -201,13 +301,108 @@ fn auth(is: &mut Issues, a: RawAuth, role: Role) -> AuthConfig {
     if audience.is_empty() {
         is.push("auth.audience", &audience, "must not be empty");
     }
+    let stale_ok_on_redis_failure = match a.on_redis_failure.as_deref().unwrap_or("closed") {
+        "closed" => false,
+        "stale" => true,
+        other => {
+            is.push("auth.on_redis_failure", other, "must be closed or stale");
+            false
+        }
+    };
     AuthConfig {
+        stale_ok_on_redis_failure,
         issuer,
         audience,
         token_ttl: Duration::from_secs(ttl),
         algorithm,
         hs256_secret,
+        signing_key,
+        kid: a.kid,
+        verify_keys,
     }
+}
+
+fn hs256_rules(is: &mut Issues, key: &str, s: &Secret) {
+    if s.expose().len() < MIN_HS256_SECRET_BYTES {
+        is.push(
+            key,
+            "(secret)",
+            format!("must be at least {MIN_HS256_SECRET_BYTES} bytes"),
+        );
+    } else if is_published_example(s.expose()) {
+        is.push(
+            key,
+            "(secret)",
+            "is a published example secret; generate one, e.g. `openssl rand -base64 48`",
+        );
+    }
+}
+
+/// A light shape check; the gateway parses the key itself and names it when it cannot.
+fn is_pem(text: &str, kind: &str) -> bool {
+    let t = text.trim();
+    t.starts_with("-----BEGIN ") && t.contains(kind) && t.ends_with("-----")
+}
+
+fn verify_keys(is: &mut Issues, raw: Vec<RawVerifyKey>) -> Vec<VerifyKeyConfig> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, k) in raw.into_iter().enumerate() {
+        let key = |name: &str| format!("auth.verify_keys[{i}].{name}");
+        if let Some(kid) = &k.kid
+            && !valid_id(kid)
+        {
+            is.push(key("kid"), kid, ID_RULE);
+        }
+        let Some(algorithm) = JwtAlgorithm::parse(&k.algorithm) else {
+            is.push(
+                key("algorithm"),
+                &k.algorithm,
+                "must be one of HS256, RS256, ES256, EdDSA",
+            );
+            continue;
+        };
+        let public_key = is.secret(&key("public_key"), k.public_key);
+        let secret = is.secret(&key("secret"), k.secret);
+        let material = match (algorithm, public_key, secret) {
+            (JwtAlgorithm::HS256, None, Some(s)) => {
+                hs256_rules(is, &key("secret"), &s);
+                Some(s)
+            }
+            (JwtAlgorithm::HS256, _, _) => {
+                is.push(
+                    key("secret"),
+                    "(absent)",
+                    "an HS256 key is given as `secret` (and no `public_key`)",
+                );
+                None
+            }
+            (_, Some(p), None) if is_pem(p.expose(), "PUBLIC KEY") => Some(p),
+            (_, Some(_), None) => {
+                is.push(
+                    key("public_key"),
+                    "(key)",
+                    "must be a PEM public key (-----BEGIN PUBLIC KEY-----)",
+                );
+                None
+            }
+            (_, _, _) => {
+                is.push(
+                    key("public_key"),
+                    "(absent)",
+                    "an RS256, ES256 or EdDSA key is given as `public_key` (and no `secret`)",
+                );
+                None
+            }
+        };
+        if let Some(material) = material {
+            out.push(VerifyKeyConfig {
+                kid: k.kid,
+                algorithm,
+                key: material,
+            });
+        }
+    }
+    out
 }
 
 fn redis(is: &mut Issues, r: RawRedis) -> RedisConfig {
@@ -232,14 +427,19 @@ fn redis(is: &mut Issues, r: RawRedis) -> RedisConfig {
             RedisFailureMode::Local
         }
     };
+    let gateway_replicas = is.positive("redis.gateway_replicas", r.gateway_replicas, 1);
+    let retention_days = is.positive("redis.usage_retention_days", r.usage_retention_days, 400);
     RedisConfig {
         url: Secret::new(url),
+        gateway_replicas,
+        usage_retention: Duration::from_secs(retention_days * 86_400),
         key_prefix: r.key_prefix.unwrap_or_else(|| "tollgate:".into()),
         on_failure,
     }
 }
 
-fn valid_id(id: &str) -> bool {
+/// Ids of tenants, clients, workers and keys: short, printable, safe in keys and headers.
+pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id
@@ -247,7 +447,7 @@ fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
-const ID_RULE: &str = "must be 1-64 characters of A-Z a-z 0-9 _ - .";
+pub const ID_RULE: &str = "must be 1-64 characters of A-Z a-z 0-9 _ - .";
 
 fn tenants(is: &mut Issues, raw: Vec<RawTenant>) -> Vec<TenantConfig> {
     let mut seen = HashSet::new();
@@ -429,12 +629,27 @@ fn worker(is: &mut Issues, w: RawWorker) -> WorkerConfig {
         is.push("worker.id", id, ID_RULE);
     }
     let poll = is.positive("worker.poll_interval_ms", w.poll_interval_ms, 100);
+    if let Some(u) = &w.advertise_url {
+        is.url("worker.advertise_url", u);
+    }
+    let breaker_failures = is.positive("worker.breaker_failures", w.breaker_failures, 3);
+    if breaker_failures > 1000 {
+        is.push(
+            "worker.breaker_failures",
+            breaker_failures,
+            "must be at most 1000",
+        );
+    }
+    let cooldown = is.positive("worker.breaker_cooldown_ms", w.breaker_cooldown_ms, 1000);
     WorkerConfig {
         id: w.id,
         listen,
         shards,
         max_inflight_per_shard: max_inflight.min(100_000) as u32,
         poll_interval: Duration::from_millis(poll),
+        advertise_url: w.advertise_url.map(|u| u.trim_end_matches('/').to_owned()),
+        breaker_failures: breaker_failures.min(1000) as u32,
+        breaker_cooldown: Duration::from_millis(cooldown),
     }
 }
 
@@ -452,12 +667,49 @@ fn guardrails(is: &mut Issues, g: RawGuardrails) -> GuardrailsConfig {
             SystemPromptPolicy::Off
         }
     };
+    let mode = match g.mode.as_deref().unwrap_or("reject") {
+        "reject" => GuardMode::Reject,
+        "flag" => GuardMode::Flag,
+        other => {
+            is.push("guardrails.mode", other, "must be reject or flag");
+            GuardMode::Reject
+        }
+    };
+    let deny_patterns = g.deny_patterns.unwrap_or_default();
+    for (i, p) in deny_patterns.iter().enumerate() {
+        if let Err(e) = regex::RegexBuilder::new(p)
+            .size_limit(DENY_PATTERN_SIZE_LIMIT)
+            .build()
+        {
+            let why = e.to_string().replace('\n', " ");
+            is.push(
+                format!("guardrails.deny_patterns[{i}]"),
+                p,
+                format!("must be a valid regex: {why}"),
+            );
+        }
+    }
+    let allow_fields = g.allow_fields.unwrap_or_default();
+    for (i, f) in allow_fields.iter().enumerate() {
+        if !crate::openai::VLLM_EXTRA_FIELDS.contains(&f.as_str()) {
+            is.push(
+                format!("guardrails.allow_fields[{i}]"),
+                f,
+                format!(
+                    "must be one of {}",
+                    crate::openai::VLLM_EXTRA_FIELDS.join(", ")
+                ),
+            );
+        }
+    }
     GuardrailsConfig {
         max_prompt_chars: is.positive("guardrails.max_prompt_chars", g.max_prompt_chars, 500_000)
             as usize,
-        deny_patterns: g.deny_patterns.unwrap_or_default(),
+        deny_patterns,
         system_prompt: g.system_prompt.filter(|s| !s.trim().is_empty()),
         system_prompt_policy: policy,
+        mode,
+        allow_fields,
     }
 }
 
@@ -474,11 +726,33 @@ fn telemetry(is: &mut Issues, t: RawTelemetry) -> TelemetryConfig {
         is.url("telemetry.otlp_endpoint", e);
     }
     TelemetryConfig {
-        service_name: t.service_name.unwrap_or_else(|| "tollgate".into()),
+        service_name: t.service_name.filter(|s| !s.trim().is_empty()),
         otlp_endpoint: t.otlp_endpoint,
         otlp_protocol,
         audit_log: t.audit_log.map(PathBuf::from),
         log_level: t.log_level.unwrap_or_else(|| "info".into()),
+        audit_enabled: t.audit_enabled.unwrap_or(true),
+        audit_rotate_bytes: is.positive(
+            "telemetry.audit_rotate_bytes",
+            t.audit_rotate_bytes,
+            256 * 1024 * 1024,
+        ),
+        audit_rotate: Duration::from_secs(is.positive(
+            "telemetry.audit_rotate_secs",
+            t.audit_rotate_secs,
+            86_400,
+        )),
+        audit_keep_files: is.positive("telemetry.audit_keep_files", t.audit_keep_files, 30)
+            as usize,
+        audit_retention: Duration::from_secs(
+            is.positive("telemetry.audit_retention_days", t.audit_retention_days, 90) * 86_400,
+        ),
+        audit_stream_max_len: is.positive(
+            "telemetry.audit_stream_max_len",
+            t.audit_stream_max_len,
+            1_000_000,
+        ),
+        audit_prompt_sample: t.audit_prompt_sample.unwrap_or(false),
     }
 }
 
@@ -559,6 +833,60 @@ mod tests {
         assert_eq!(c.gateway.model, DEFAULT_MODEL);
         assert_eq!(c.scheduler.max_queue_per_tenant, 1000);
         assert_eq!(c.worker.max_inflight_per_shard, 256);
+    }
+
+    #[test]
+    fn asymmetric_keys_and_rotation_keys_are_checked() {
+        let issues = validate(
+            raw("[auth]\nalgorithm = \"RS256\"\nhs256_secret = \"0123456789abcdef0123456789abcdef-x\"\nkid = \"k/../1\"\n[[auth.verify_keys]]\nkid = \"old\"\nalgorithm = \"HS256\"\nsecret = \"short\"\n[[auth.verify_keys]]\nalgorithm = \"ES256\"\nsecret = \"0123456789abcdef0123456789abcdef-x\"\n[[auth.verify_keys]]\nkid = \"old\"\nalgorithm = \"HS512\"\n[cluster]\nsecret = \"0123456789abcdef0123\"\n"),
+            Role::Gateway,
+        )
+        .unwrap_err();
+        let keys: Vec<_> = issues.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "auth.signing_key",
+                "auth.kid",
+                "auth.verify_keys[0].secret",
+                "auth.verify_keys[1].public_key",
+                "auth.verify_keys[2].algorithm",
+            ]
+        );
+        let ok = validate(
+            raw("[auth]\nalgorithm = \"EdDSA\"\nsigning_key = \"-----BEGIN PRIVATE KEY-----\\nMC4=\\n-----END PRIVATE KEY-----\"\n[[auth.verify_keys]]\nalgorithm = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef-x\"\n[cluster]\nsecret = \"0123456789abcdef0123\"\n"),
+            Role::Gateway,
+        )
+        .unwrap();
+        assert_eq!(ok.auth.algorithm, JwtAlgorithm::EdDSA);
+        assert_eq!(ok.auth.verify_keys.len(), 1);
+    }
+
+    #[test]
+    fn guardrails_and_transport_keys_are_checked() {
+        let issues = validate(
+            raw("[gateway]\nbody_timeout_secs = 0\nmax_header_bytes = 10\n[guardrails]\nmode = \"block\"\ndeny_patterns = [\"(?i)system:\", \"(unclosed\"]\nallow_fields = [\"min_tokens\", \"cache_salt\"]\n"),
+            Role::Embedded,
+        )
+        .unwrap_err();
+        let keys: Vec<_> = issues.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "gateway.body_timeout_secs",
+                "gateway.max_header_bytes",
+                "guardrails.mode",
+                "guardrails.deny_patterns[1]",
+                "guardrails.allow_fields[1]"
+            ]
+        );
+        let c = validate(RawConfig::default(), Role::Embedded).unwrap();
+        assert!(
+            c.guardrails.deny_patterns.is_empty(),
+            "no pattern refuses normal text by default"
+        );
+        assert_eq!(c.guardrails.mode, GuardMode::Reject);
+        assert_eq!(c.gateway.sse_keepalive, Duration::from_secs(15));
     }
 
     #[test]
