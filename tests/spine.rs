@@ -434,6 +434,8 @@ fn check_config_masks_secrets_and_applies_env_overrides() {
         &[
             ("MY_JWT", "jwt-secret-value-that-is-long-enough-0123"),
             ("TOLLGATE_GATEWAY__LISTEN", "127.0.0.1:9999"),
+            // The bench's secret variable shares the prefix but is no config key.
+            ("TOLLGATE_BENCH_SECRET", "not-a-config-key"),
         ],
     );
     assert_eq!(code, 0, "{err}");

@@ -22,7 +22,15 @@ pub use raw::RawConfig;
 pub const DEFAULT_MODEL: &str = "Qwen/Qwen2.5-7B-Instruct";
 
 /// Environment variables under the `TOLLGATE_` prefix that are not config keys.
-const NON_CONFIG_ENV: &[&str] = &["config", "jwt_secret", "cluster_secret", "log"];
+const NON_CONFIG_ENV: &[&str] = &[
+    "config",
+    "jwt_secret",
+    "cluster_secret",
+    "log",
+    "bench_secret",
+    "test_python",
+    "update_deploy",
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
