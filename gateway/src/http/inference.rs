@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use tollgate_shared::config::{Priority, Scope};
-use tollgate_shared::openai::{ChatCompletionRequest, CompletionRequest, GenerateRequest};
 use tracing::{Instrument, info_span};
 
 use super::request_id_of;
@@ -48,21 +47,34 @@ fn requested_priority(req: &HttpRequest, tenant: Priority) -> Result<Priority, A
     Ok(asked.max(tenant))
 }
 
+/// Stages `read` and `validate`, the same for every inference route: the
+/// body, parsed as `T`, noted for the audit record, and turned into a plan.
+async fn plan_of<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    gw: &Gateway,
+    caller: &Caller,
+    observe: impl FnOnce(&Observe, &T),
+    validate: impl FnOnce(T, &Rules<'_>) -> Result<Plan, ApiError>,
+) -> Result<Plan, ApiError> {
+    let stage = info_span!("validate");
+    let body = transport::read_body(req, payload, &gw.config.gateway)
+        .instrument(stage.clone())
+        .await?;
+    stage.in_scope(|| {
+        let parsed = parse_json::<T>(&body)?;
+        observe(&Observe::of(req), &parsed);
+        validate(parsed, &Rules::for_tenant(gw, &caller.tenant))
+    })
+}
+
 pub async fn chat_completions(
     req: HttpRequest,
     payload: web::Payload,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller(&req, &gw)?;
-    let stage = info_span!("validate");
-    let body = transport::read_body(&req, payload, &gw.config.gateway)
-        .instrument(stage.clone())
-        .await?;
-    let plan = stage.in_scope(|| {
-        let parsed = parse_json::<ChatCompletionRequest>(&body)?;
-        Observe::of(&req).chat(&parsed);
-        validate::chat(parsed, &Rules::for_tenant(&gw, &caller.tenant))
-    })?;
+    let plan = plan_of(&req, payload, &gw, &caller, Observe::chat, validate::chat).await?;
     serve(&req, &gw, caller, plan).await
 }
 
@@ -72,15 +84,15 @@ pub async fn completions(
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller(&req, &gw)?;
-    let stage = info_span!("validate");
-    let body = transport::read_body(&req, payload, &gw.config.gateway)
-        .instrument(stage.clone())
-        .await?;
-    let plan = stage.in_scope(|| {
-        let parsed = parse_json::<CompletionRequest>(&body)?;
-        Observe::of(&req).completion(&parsed);
-        validate::completion(parsed, &Rules::for_tenant(&gw, &caller.tenant))
-    })?;
+    let plan = plan_of(
+        &req,
+        payload,
+        &gw,
+        &caller,
+        Observe::completion,
+        validate::completion,
+    )
+    .await?;
     serve(&req, &gw, caller, plan).await
 }
 
@@ -91,15 +103,15 @@ pub async fn generate(
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, ApiError> {
     let mut caller = caller(&req, &gw)?;
-    let stage = info_span!("validate");
-    let body = transport::read_body(&req, payload, &gw.config.gateway)
-        .instrument(stage.clone())
-        .await?;
-    let plan = stage.in_scope(|| {
-        let parsed = parse_json::<GenerateRequest>(&body)?;
-        Observe::of(&req).generate(&parsed);
-        validate::generate(parsed, &Rules::for_tenant(&gw, &caller.tenant))
-    })?;
+    let plan = plan_of(
+        &req,
+        payload,
+        &gw,
+        &caller,
+        Observe::generate,
+        validate::generate,
+    )
+    .await?;
     caller.mark("validate");
     let obs = Observe::of(&req);
     obs.flagged(plan.flagged);
