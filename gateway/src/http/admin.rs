@@ -11,13 +11,14 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use tollgate_shared::config::{Scope, valid_id};
+use tollgate_shared::config::valid_id;
 
+use super::audit_api::admin;
 use super::oauth::record;
 use crate::app::Gateway;
+use crate::auth::Caller;
 use crate::auth::manage::{self, Shown, scope_list};
 use crate::auth::model::{ClientPatch, ClientRecord, NewClient, NewTenant, TenantPatch};
-use crate::auth::{Caller, authenticate};
 use crate::error::ApiError;
 
 /// Admin bodies are small; anything bigger is not one.
@@ -56,13 +57,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(rotate_secret))
             .default_service(na()),
     );
-}
-
-/// Stages `authenticate` and `authorize` for admin routes.
-fn admin(req: &HttpRequest, gw: &Gateway) -> Result<Caller, ApiError> {
-    let caller = authenticate(req, &gw.tokens, &gw.registry)?;
-    caller.require(Scope::Admin)?;
-    Ok(caller)
 }
 
 /// A JSON body of exactly the accepted fields; the refused field is named.

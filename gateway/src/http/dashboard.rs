@@ -15,7 +15,6 @@ use crate::app::Gateway;
 use crate::audit::{now_ms, rfc3339_ms};
 use crate::error::ApiError;
 use crate::pool::WorkerView;
-use crate::telemetry::metrics::queue_depths;
 use crate::telemetry::stats::{TenantStats, WINDOW_SECS};
 
 const PAGE: &str = include_str!("../../assets/dashboard.html");
@@ -121,7 +120,7 @@ pub async fn stats(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpRespo
     admin(&req, &gw)?;
     let now = now_ms();
     let queues = match gw.scheduler.stats().await {
-        Some(s) => queue_depths(&s).to_vec(),
+        Some(s) => s.by_class.to_vec(),
         None => vec![
             (Priority::High, 0),
             (Priority::Normal, 0),

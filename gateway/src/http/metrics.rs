@@ -9,7 +9,7 @@ use crate::telemetry::metrics;
 
 pub async fn metrics(gw: web::Data<Gateway>) -> HttpResponse {
     if let Some(stats) = gw.scheduler.stats().await {
-        let depths = metrics::queue_depths(&stats);
+        let depths = stats.by_class;
         metrics::set_gauges(&depths, &gw.pool.view());
     }
     HttpResponse::Ok()

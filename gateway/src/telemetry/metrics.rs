@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use tollgate_scheduler::QueueStats;
 use tollgate_shared::config::Priority;
 
 use crate::pool::WorkerView;
@@ -183,11 +182,6 @@ pub fn finished(f: &Finished<'_>) {
 pub fn queue_wait(priority: Priority, waited: Duration) {
     metrics::histogram!("tollgate_queue_wait_seconds", "priority" => priority.as_str())
         .record(waited.as_secs_f64());
-}
-
-/// Requests waiting per priority class, as the scheduler counts them.
-pub fn queue_depths(stats: &QueueStats) -> [(Priority, usize); 3] {
-    stats.by_class
 }
 
 /// Sets the gauges that describe the moment: queue depth per class and the
