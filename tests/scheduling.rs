@@ -116,7 +116,7 @@ async fn first_token_at(
     let mut at = None;
     while let Some(chunk) = s.next().await {
         seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-        if at.is_none() && seen.contains("\"content\":\"") && seen.contains("\"content\":\"") {
+        if at.is_none() && seen.contains("\"content\":\"") {
             at = Some(Instant::now());
         }
     }

@@ -37,21 +37,15 @@ pub fn job_spec(caller: &Caller, weight: u32, plan: &Plan, fair_share: bool) -> 
         plan.body[..plan.body.len().min(PREFIX_BYTES)].hash(&mut h);
         h.finish()
     };
-    if !fair_share {
-        // Plain FIFO: one class, one queue, arrival order.
-        return JobSpec {
-            tenant: FIFO.into(),
-            priority: Priority::Normal,
-            weight: 1,
-            input_tokens: plan.prompt_tokens,
-            cost_tokens: plan.cost_tokens,
-            prefix: Some(prefix),
-            bytes: plan.body.len(),
-        };
-    }
+    // Plain FIFO: one class, one queue, arrival order.
+    let (tenant, priority, weight) = if fair_share {
+        (caller.tenant.clone(), caller.priority, weight)
+    } else {
+        (FIFO.into(), Priority::Normal, 1)
+    };
     JobSpec {
-        tenant: caller.tenant.clone(),
-        priority: caller.priority,
+        tenant,
+        priority,
         weight,
         input_tokens: plan.prompt_tokens,
         cost_tokens: plan.cost_tokens,
