@@ -59,7 +59,7 @@ fn body(max_tokens: u32, stream: bool, tag: &str) -> Value {
 }
 
 /// A stream that has started (its first token arrived) and holds a slot until dropped.
-async fn blocker(http: &reqwest::Client, base: &str, token: &str, n: usize) -> impl Sized {
+async fn blocker(http: &reqwest::Client, base: &str, token: &str, n: usize) -> impl Sized + use<> {
     let long = format!("blocker {n}: {}", "and so on ".repeat(1500));
     let resp = http
         .post(format!("{base}/v1/chat/completions"))
@@ -303,4 +303,31 @@ async fn a_full_queue_answers_429_and_a_queue_timeout_503_and_priority_only_goes
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn while_high_is_active_low_leaves_it_a_slot() {
+    let (_dir, up) = up_with_classes("[scheduler]\nreserved_slots = 1\n").await;
+    let http = http();
+    let admin = token(&http, &up.base, "ops", SECRET).await;
+    let lo = token(&http, &up.base, "lo-app", SECRET).await;
+    let hi = token(&http, &up.base, "hi-app", SECRET).await;
+    // A first high request makes the class active.
+    first_token_at(http.clone(), up.base.clone(), hi.clone(), "hello".into()).await;
+    // Low takes one of the two slots; its second request waits, though a slot is free.
+    let _running = blocker(&http, &up.base, &lo, 1).await;
+    let queued = {
+        let (http, base, lo) = (http.clone(), up.base.clone(), lo.clone());
+        tokio::spawn(async move { blocker(&http, &base, &lo, 2).await })
+    };
+    let q = wait_depth(&http, &up.base, &admin, 1).await;
+    assert_eq!(q["classes"][2]["priority"], "low");
+    assert_eq!(q["classes"][2]["reserved_slots_per_shard"], 1, "{q}");
+    assert_eq!(q["classes"][0]["reserved_slots_per_shard"], 0, "{q}");
+    // The next high request starts in the held slot, with low still waiting.
+    first_token_at(http.clone(), up.base.clone(), hi.clone(), "urgent".into()).await;
+    let q = queue_depth(&http, &up.base, &admin).await;
+    assert_eq!(q["classes"][2]["depth"], 1, "{q}");
+    assert!(!queued.is_finished());
+    queued.abort();
 }

@@ -10,7 +10,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tollgate_scheduler::{Bounds, Scheduler, SchedulerHandle, Settings};
+use tollgate_scheduler::{Bounds, Reserve, Scheduler, SchedulerHandle, Settings};
 use tollgate_shared::config::{Config, RedisFailureMode};
 use tollgate_shared::store::Redis;
 
@@ -139,6 +139,10 @@ pub fn start(config: Config, listener: TcpListener) -> Result<(GatewayRuntime, S
             max_queued_bytes: config.scheduler.max_queued_bytes,
         },
         batch_window: config.scheduler.batch_window,
+        reserve: Reserve {
+            slots: config.scheduler.reserved_slots,
+            hold_ms: config.scheduler.reserve_hold.as_millis() as u64,
+        },
     });
     let pool = Arc::new(Pool::new(cluster_secret, scheduler.handle())?);
     let stop = CancellationToken::new();

@@ -116,6 +116,7 @@ async fn a_report_that_goes_stale_withdraws_the_workers_capacity() {
             max_queued_bytes: 1 << 20,
         },
         batch_window: Duration::ZERO,
+        reserve: tollgate_scheduler::Reserve::default(),
     });
     let handle = scheduler.handle();
     let pool = Arc::new(Pool::new(Secret::new("s".repeat(32)), handle.clone()).unwrap());

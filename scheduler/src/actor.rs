@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::policy::{Bounds, JobSpec, Policy, QueueStats, Refusal};
+use crate::policy::{Bounds, JobSpec, Policy, QueueStats, Refusal, Reserve};
 use crate::shard::{ShardCapacity, ShardId};
 
 type Reply = oneshot::Sender<Result<Grant, Rejected>>;
@@ -67,6 +67,8 @@ pub struct Settings {
     /// While requests are waiting, capacity freed within this window is
     /// handed out in one round, in policy order.
     pub batch_window: Duration,
+    /// Slots held for higher classes while they are active.
+    pub reserve: Reserve,
 }
 
 /// Owns the scheduler task; dropping it stops the task.
@@ -79,7 +81,7 @@ impl Scheduler {
     /// Spawns the actor on the current tokio runtime.
     pub fn start(settings: Settings) -> Scheduler {
         let (tx, rx) = mpsc::unbounded_channel();
-        let policy = Policy::new(settings.bounds);
+        let policy = Policy::new(settings.bounds).with_reserve(settings.reserve);
         // The task is owned by `Scheduler` and aborted when it is dropped.
         let task = tokio::spawn(run(rx, tx.clone(), policy, settings.batch_window));
         Scheduler {

@@ -4,6 +4,10 @@
 //!   virtual token counters, FIFO inside a tenant ([`FairQueue`]);
 //! - **holdback**: a request leaves the queue only for a shard with room
 //!   (free slot, KV budget) per its last report ([`ShardCapacity::has_room`]);
+//! - **reserve**: while a higher class is active (a request of it arrived
+//!   within the hold time), lower classes leave some slots of every shard
+//!   free for it, so its next request finds a slot instead of waiting for
+//!   one to free ([`Reserve`]);
 //! - **affinity**: requests sharing a prompt prefix prefer the shard that
 //!   served it last (its prefix cache), unless that shard has no room;
 //! - **bounds**: `max_queue_per_tenant` requests per tenant (→ `queue_full`)
@@ -43,6 +47,27 @@ pub struct Bounds {
     pub max_queued_bytes: usize,
 }
 
+/// Slots held for higher classes. While a class is active — one of its
+/// requests arrived within `hold_ms` — every lower class leaves `slots` of
+/// each shard free for it (twice that for `low` while both `high` and
+/// `normal` are active), never more than half a shard. A higher class's
+/// request then starts at once instead of waiting for a lower one to end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reserve {
+    pub slots: u32,
+    pub hold_ms: u64,
+}
+
+const CLASSES: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+fn class_index(p: Priority) -> usize {
+    match p {
+        Priority::High => 0,
+        Priority::Normal => 1,
+        Priority::Low => 2,
+    }
+}
+
 /// Why a job was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -65,6 +90,8 @@ pub struct QueueStats {
     pub queued_bytes: usize,
     pub free_slots: u64,
     pub healthy_shards: usize,
+    /// Per class: slots of each shard it must leave free for higher classes now.
+    pub reserved: [(Priority, u32); 3],
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -123,11 +150,16 @@ pub struct Policy<T> {
     queued_bytes: usize,
     shards: HashMap<ShardId, ShardCapacity>,
     affinity: Affinity,
+    reserve: Reserve,
+    /// When a request of each class (high, normal, low) last arrived.
+    last_arrival_ms: [Option<u64>; 3],
 }
 
 impl<T> Policy<T> {
     pub fn new(bounds: Bounds) -> Self {
         Policy {
+            reserve: Reserve::default(),
+            last_arrival_ms: [None; 3],
             bounds,
             fair: FairQueue::default(),
             per_tenant: HashMap::new(),
@@ -135,6 +167,26 @@ impl<T> Policy<T> {
             shards: HashMap::new(),
             affinity: Affinity::default(),
         }
+    }
+
+    /// Holds slots for higher classes while they are active (see [`Reserve`]).
+    pub fn with_reserve(mut self, reserve: Reserve) -> Self {
+        self.reserve = reserve;
+        self
+    }
+
+    /// Slots of each shard a request of class `p` must leave free now: the
+    /// reserve for every higher class that is active.
+    fn keep_free(&self, p: Priority, now_ms: u64) -> u32 {
+        if self.reserve.slots == 0 {
+            return 0;
+        }
+        let active = self.last_arrival_ms[..class_index(p)]
+            .iter()
+            .flatten()
+            .filter(|&&at| now_ms.saturating_sub(at) < self.reserve.hold_ms)
+            .count() as u32;
+        self.reserve.slots.saturating_mul(active)
     }
 
     fn fairness(spec: &JobSpec) -> Fairness {
@@ -198,6 +250,7 @@ impl<T> Policy<T> {
             }
         }
         let shed = shed.into_iter().map(|(_, q)| q.item).collect();
+        self.last_arrival_ms[class_index(spec.priority)] = Some(now_ms);
         self.admit(seq, now_ms, spec, item);
         Ok(shed)
     }
@@ -253,13 +306,19 @@ impl<T> Policy<T> {
     }
 
     /// The shard for `spec`: the one that last served its prefix if it has
-    /// room, else the least loaded shard with room.
-    fn shard_for(&self, spec: &JobSpec) -> Option<ShardId> {
+    /// room, else the least loaded shard with room — room beyond the slots
+    /// held for higher classes.
+    fn shard_for(&self, spec: &JobSpec, now_ms: u64) -> Option<ShardId> {
+        let keep = self.keep_free(spec.priority, now_ms);
         spec.prefix
             .and_then(|p| self.affinity.shard_of.get(&p))
-            .filter(|id| self.shards.get(*id).is_some_and(ShardCapacity::has_room))
+            .filter(|id| {
+                self.shards
+                    .get(*id)
+                    .is_some_and(|s| s.has_room_keeping(keep))
+            })
             .cloned()
-            .or_else(|| best_shard(self.shards.values()))
+            .or_else(|| best_shard(self.shards.values(), keep))
     }
 
     /// One dispatch round: the next job in policy order goes to its shard,
@@ -285,7 +344,7 @@ impl<T> Policy<T> {
     /// Grants the next job in policy order to its shard, if one has room.
     fn grant_next(&mut self, now_ms: u64) -> Option<Granted<T>> {
         let (_, next) = self.fair.peek()?;
-        let shard = self.shard_for(&next.spec)?;
+        let shard = self.shard_for(&next.spec, now_ms)?;
         let (seq, q, enqueued_ms) = self.fair.pop(|q| q.spec.input_tokens)?;
         self.forget(&q.spec);
         if let Some(s) = self.shards.get_mut(&shard) {
@@ -329,8 +388,7 @@ impl<T> Policy<T> {
             .collect();
         QueueStats {
             depth: self.fair.len(),
-            by_class: [Priority::High, Priority::Normal, Priority::Low]
-                .map(|p| (p, self.fair.depth(p))),
+            by_class: CLASSES.map(|p| (p, self.fair.depth(p))),
             per_tenant,
             tenants,
             queued_bytes: self.queued_bytes,
@@ -341,6 +399,7 @@ impl<T> Policy<T> {
                 .map(|s| u64::from(s.free_slots))
                 .sum(),
             healthy_shards: self.shards.values().filter(|s| s.healthy).count(),
+            reserved: CLASSES.map(|p| (p, self.keep_free(p, now_ms))),
         }
     }
 }

@@ -76,8 +76,14 @@ impl ShardCapacity {
     /// sequence slot and room in its KV cache; otherwise requests wait in
     /// Tollgate's queue (where priority and fairness apply), not in vLLM's.
     pub fn has_room(&self) -> bool {
+        self.has_room_keeping(0)
+    }
+
+    /// Room for a request that must leave `keep` slots free (held for higher
+    /// classes). A shard always lets a lower class use at least half its slots.
+    pub fn has_room_keeping(&self, keep: u32) -> bool {
         self.healthy
-            && self.free_slots > 0
+            && self.free_slots > keep.min(self.max_slots / 2)
             && self.kv_cache_usage.is_finite()
             && self.kv_cache_usage < KV_HOLDBACK
     }
@@ -93,13 +99,16 @@ impl ShardCapacity {
     }
 }
 
-/// The least loaded healthy shard with a free slot: lowest
-/// [`ShardCapacity::load_score`], then most free slots, then lowest id (so
-/// rounds are deterministic).
-pub fn best_shard<'a>(shards: impl IntoIterator<Item = &'a ShardCapacity>) -> Option<ShardId> {
+/// The least loaded healthy shard with a free slot beyond the `keep` held
+/// for higher classes: lowest [`ShardCapacity::load_score`], then most free
+/// slots, then lowest id (so rounds are deterministic).
+pub fn best_shard<'a>(
+    shards: impl IntoIterator<Item = &'a ShardCapacity>,
+    keep: u32,
+) -> Option<ShardId> {
     shards
         .into_iter()
-        .filter(|s| s.has_room())
+        .filter(|s| s.has_room_keeping(keep))
         .min_by(|a, b| {
             a.load_score()
                 .total_cmp(&b.load_score())
@@ -138,7 +147,7 @@ mod tests {
     }
 
     fn pick(shards: &[ShardCapacity]) -> Option<u32> {
-        best_shard(shards).map(|s| s.index)
+        best_shard(shards, 0).map(|s| s.index)
     }
 
     #[test]

@@ -19,14 +19,20 @@ pub async fn queues(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResp
     let classes: Vec<_> = s
         .by_class
         .iter()
-        .map(|(p, depth)| {
+        .zip(&s.reserved)
+        .map(|((p, depth), (_, reserved))| {
             let oldest = s
                 .tenants
                 .iter()
                 .filter(|t| t.priority == *p)
                 .filter_map(|t| t.oldest_wait_ms)
                 .max();
-            serde_json::json!({"priority": p.as_str(), "depth": depth, "oldest_wait_ms": oldest})
+            serde_json::json!({
+                "priority": p.as_str(),
+                "depth": depth,
+                "oldest_wait_ms": oldest,
+                "reserved_slots_per_shard": reserved,
+            })
         })
         .collect();
     let tenants: Vec<_> = s

@@ -8,6 +8,7 @@ fn settings(per_tenant: usize) -> Settings {
             max_queued_bytes: 1_000_000,
         },
         batch_window: Duration::from_millis(2),
+        reserve: Reserve::default(),
     }
 }
 
@@ -94,6 +95,7 @@ async fn shed_requests_are_told_so() {
             max_queued_bytes: 10,
         },
         batch_window: Duration::ZERO,
+        reserve: Reserve::default(),
     });
     let h = s.handle();
     let low = h.submit(spec("l", Priority::Low));

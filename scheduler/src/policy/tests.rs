@@ -287,3 +287,109 @@ fn stats_show_waits_and_counters_per_tenant_and_class() {
         vec![3_000, 5_000]
     );
 }
+
+fn one_shard(max: u32, free: u32) -> Vec<ShardCapacity> {
+    vec![ShardCapacity {
+        max_slots: max,
+        ..shard("w", 0, free)
+    }]
+}
+
+#[test]
+fn lower_classes_leave_slots_free_while_a_higher_class_is_active() {
+    let mut p = Policy::new(BOUNDS).with_reserve(Reserve {
+        slots: 1,
+        hold_ms: 1000,
+    });
+    p.report(&"w".into(), one_shard(4, 4));
+    // Before any high request, low may fill the shard...
+    p.enqueue(1, 0, spec("l", Priority::Low), 1).unwrap();
+    assert_eq!(items(p.round(0, |_| true)), vec![1]);
+    p.release(&id(0));
+    // ...once one arrived, low leaves a slot free for the next.
+    p.enqueue(2, 0, spec("h", Priority::High), 2).unwrap();
+    assert_eq!(items(p.round(0, |_| true)), vec![2]);
+    for seq in 3..8 {
+        p.enqueue(seq, 10, spec("l", Priority::Low), seq).unwrap();
+    }
+    assert_eq!(
+        items(p.round(10, |_| true)),
+        vec![3, 4],
+        "one of 4 slots kept"
+    );
+    assert_eq!(
+        p.stats(10).reserved,
+        [
+            (Priority::High, 0),
+            (Priority::Normal, 1),
+            (Priority::Low, 1)
+        ]
+    );
+    // The next high request starts at once, ahead of the waiting low ones.
+    p.enqueue(8, 20, spec("h", Priority::High), 8).unwrap();
+    assert_eq!(items(p.round(20, |_| true)), vec![8]);
+    // Its slot, freed, is still held while high is active...
+    p.release(&id(0));
+    assert!(p.round(500, |_| true).is_empty());
+    // ...and goes to low once high has been quiet for the hold time.
+    assert_eq!(items(p.round(1020, |_| true)), vec![5]);
+    assert_eq!(p.stats(1020).reserved[2], (Priority::Low, 0));
+}
+
+#[test]
+fn low_keeps_a_reserve_per_active_class_above_it_but_at_least_half_a_shard() {
+    let reserve = Reserve {
+        slots: 2,
+        hold_ms: 1000,
+    };
+    let mut p = Policy::new(BOUNDS).with_reserve(reserve);
+    p.report(&"w".into(), one_shard(12, 12));
+    p.enqueue(1, 0, spec("h", Priority::High), 1).unwrap();
+    p.enqueue(2, 0, spec("n", Priority::Normal), 2).unwrap();
+    assert_eq!(items(p.round(0, |_| true)), vec![1, 2]);
+    for seq in 3..13 {
+        p.enqueue(seq, 0, spec("l", Priority::Low), seq).unwrap();
+    }
+    // 10 free: low leaves 2 for high and 2 for normal.
+    assert_eq!(p.round(0, |_| true).len(), 6);
+    assert_eq!(p.stats(0).reserved[2], (Priority::Low, 4));
+    // A normal request may use what is held for normal, not what is held for high.
+    for seq in 13..17 {
+        p.enqueue(seq, 0, spec("n", Priority::Normal), seq).unwrap();
+    }
+    assert_eq!(items(p.round(0, |_| true)), vec![13, 14]);
+
+    // A reserve larger than half a shard is cut to half: low still gets work.
+    let mut p = Policy::new(BOUNDS).with_reserve(Reserve {
+        slots: 100,
+        hold_ms: 1000,
+    });
+    p.report(&"w".into(), one_shard(4, 4));
+    p.enqueue(1, 0, spec("h", Priority::High), 1).unwrap();
+    for seq in 2..6 {
+        p.enqueue(seq, 0, spec("l", Priority::Low), seq).unwrap();
+    }
+    assert_eq!(items(p.round(0, |_| true)), vec![1, 2]);
+}
+
+#[test]
+fn a_prefix_shard_counts_the_reserve_too() {
+    let mut p = Policy::new(BOUNDS).with_reserve(Reserve {
+        slots: 1,
+        hold_ms: 1000,
+    });
+    let mut shards = one_shard(4, 1);
+    shards.push(ShardCapacity {
+        max_slots: 4,
+        ..shard("w", 1, 4)
+    });
+    p.report(&"w".into(), shards);
+    p.enqueue(1, 0, spec("h", Priority::High), 1).unwrap();
+    assert_eq!(p.round(0, |_| true)[0].shard, id(1));
+    // Shard 0 served the prefix last, but its one free slot is held for high.
+    p.affinity.remember(7, &id(0));
+    let mut low = spec("l", Priority::Low);
+    low.prefix = Some(7);
+    p.enqueue(2, 0, low, 2).unwrap();
+    assert_eq!(p.round(0, |_| true)[0].shard, id(1));
+}

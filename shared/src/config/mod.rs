@@ -258,6 +258,11 @@ pub struct SchedulerConfig {
     pub fair_share: bool,
     pub queue_timeout: Duration,
     pub batch_window: Duration,
+    /// Slots of each shard lower classes leave free while a higher class is
+    /// active (0: none). Never more than half a shard.
+    pub reserved_slots: u32,
+    /// How long after a class's last request it still counts as active.
+    pub reserve_hold: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -130,6 +130,8 @@ pub struct RawScheduler {
     pub fair_share: Option<bool>,
     pub queue_timeout_secs: Option<u64>,
     pub batch_window_ms: Option<u64>,
+    pub reserved_slots: Option<u64>,
+    pub reserve_hold_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

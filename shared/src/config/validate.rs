@@ -91,6 +91,18 @@ pub(super) fn validate(raw: RawConfig, role: Role) -> Result<Config, Vec<ConfigI
             30,
         )),
         batch_window: Duration::from_millis(raw.scheduler.batch_window_ms.unwrap_or(2)),
+        reserved_slots: match raw.scheduler.reserved_slots.unwrap_or(2) {
+            v @ 0..=1024 => v as u32,
+            v => {
+                is.push("scheduler.reserved_slots", v, "must be at most 1024");
+                0
+            }
+        },
+        reserve_hold: Duration::from_secs(is.positive(
+            "scheduler.reserve_hold_secs",
+            raw.scheduler.reserve_hold_secs,
+            60,
+        )),
     };
     let cluster_secret = is.secret("cluster.secret", raw.cluster.secret);
     if let Some(s) = &cluster_secret {
@@ -832,6 +844,7 @@ mod tests {
         assert_eq!(c.gateway.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.gateway.model, DEFAULT_MODEL);
         assert_eq!(c.scheduler.max_queue_per_tenant, 1000);
+        assert_eq!(c.scheduler.reserved_slots, 2);
         assert_eq!(c.worker.max_inflight_per_shard, 256);
     }
 
