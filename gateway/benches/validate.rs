@@ -11,6 +11,7 @@
 use std::time::Instant;
 
 use tollgate_gateway::guard::Guard;
+use tollgate_gateway::tokenizer::TokenCounter;
 use tollgate_gateway::validate::{self, Rules};
 use tollgate_shared::config::{GuardMode, GuardrailsConfig, SystemPromptPolicy};
 use tollgate_shared::openai::ChatCompletionRequest;
@@ -67,6 +68,7 @@ fn run(name: &str, body: &[u8], iterations: usize, guard: &Guard) {
         allow_fields: &[],
         guard,
         cache_salt: guard.cache_salt("bench-tenant"),
+        counter: &TokenCounter::Estimate,
     };
     let mut micros = Vec::with_capacity(iterations);
     for i in 0..iterations + iterations / 10 {

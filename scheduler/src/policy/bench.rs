@@ -47,13 +47,11 @@ fn policy_cost_of_one_decision_with_10k_queued_over_1k_tenants() {
     // One decision: a request leaves for a shard, and a new one arrives, so the
     // queue stays at 10,000.
     let start = Instant::now();
-    let mut next = QUEUED;
-    for _ in 0..ROUNDS {
+    for next in QUEUED..QUEUED + ROUNDS {
         let g = p.grant_next(next as u64).unwrap();
         p.release(&g.shard);
         p.enqueue(next as u64, next as u64, spec(next), next as u64)
             .unwrap();
-        next += 1;
     }
     let per = start.elapsed().as_nanos() as f64 / ROUNDS as f64;
     assert_eq!(p.stats(0).depth, QUEUED);
