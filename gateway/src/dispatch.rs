@@ -22,6 +22,8 @@ use crate::validate::Plan;
 pub struct Dispatched {
     pub response: reqwest::Response,
     pub grant: Grant,
+    /// Time spent waiting in the queue, requeues included.
+    pub queued: Duration,
 }
 
 /// Seconds a client is told to wait after a queue timeout or a full queue.
@@ -120,7 +122,13 @@ pub async fn dispatch(
                 // Nothing was generated: as good as unsent. The answer is dropped.
                 format!("vLLM answered {}", response.status())
             }
-            Ok(response) => return Ok(Dispatched { response, grant }),
+            Ok(response) => {
+                return Ok(Dispatched {
+                    response,
+                    grant,
+                    queued: waited,
+                });
+            }
             Err(SendError::Busy) => {
                 tracing::debug!(shard = %grant.shard, "shard busy; requeued");
                 ticket = grant.lease.busy();

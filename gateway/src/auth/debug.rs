@@ -41,6 +41,17 @@ impl Timing {
         self.last = now;
     }
 
+    /// Ends two stages now: `first`, known to have taken `first_took`, then
+    /// `rest` for the remainder since the previous mark.
+    pub fn mark_split(&mut self, first: &'static str, first_took: Duration, rest: &'static str) {
+        let now = Instant::now();
+        let all = now.duration_since(self.last);
+        let first_took = first_took.min(all);
+        self.stages.push((first, first_took));
+        self.stages.push((rest, all - first_took));
+        self.last = now;
+    }
+
     /// The stages so far and the total, as a header value.
     pub fn value(&self) -> String {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -68,13 +79,17 @@ mod tests {
         let start = Instant::now();
         let mut t = Timing::new(start);
         t.mark("auth");
-        t.mark("queue");
+        t.mark_split("queue", Duration::from_secs(3600), "dispatch");
         let v = t.value();
         let names: Vec<&str> = v
             .split(", ")
             .map(|p| p.split_once(";dur=").unwrap().0)
             .collect();
-        assert_eq!(names, ["auth", "queue", "total"]);
+        assert_eq!(names, ["auth", "queue", "dispatch", "total"]);
+        assert!(
+            v.contains("dispatch;dur=0.000"),
+            "a split never exceeds the time since the last mark: {v}"
+        );
         for p in v.split(", ") {
             let ms: f64 = p.split_once(";dur=").unwrap().1.parse().unwrap();
             assert!(ms >= 0.0);

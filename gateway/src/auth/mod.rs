@@ -22,7 +22,7 @@ pub mod shared_store;
 pub mod sync;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::HttpRequest;
 use actix_web::http::header::{AUTHORIZATION, HeaderName, HeaderValue};
@@ -61,6 +61,13 @@ impl Caller {
     pub fn mark(&mut self, stage: &'static str) {
         if let Some(t) = &mut self.timing {
             t.mark(stage);
+        }
+    }
+
+    /// Ends stage `first`, known to have taken `first_took`, and `rest` now.
+    pub fn mark_split(&mut self, first: &'static str, first_took: Duration, rest: &'static str) {
+        if let Some(t) = &mut self.timing {
+            t.mark_split(first, first_took, rest);
         }
     }
 

@@ -129,7 +129,7 @@ pub async fn generate(
     if !d.response.status().is_success() {
         return Err(relay::upstream_error(d.response).await);
     }
-    caller.mark("dispatch");
+    caller.mark_split("queue", d.queued, "dispatch");
     let (bytes, outcome) = relay::whole(d.response, d.grant.lease, deadline)
         .instrument(obs.relay(&genai))
         .await?;
@@ -229,8 +229,8 @@ async fn serve(
     if !d.response.status().is_success() {
         return Err(relay::upstream_error(d.response).await);
     }
-    // Queue wait and dispatch, until the model server's answer starts.
-    caller.mark("dispatch");
+    // Queue wait, then dispatch until the model server's answer starts.
+    caller.mark_split("queue", d.queued, "dispatch");
     let mut ok = HttpResponse::Ok();
     let (bytes, outcome) = relay::whole(d.response, d.grant.lease, deadline)
         .instrument(obs.relay(&genai))
