@@ -18,6 +18,10 @@ use crate::shard::{Refusal, Shard};
 
 /// Largest dispatch body accepted; the gateway enforces its own, smaller limit on clients.
 const MAX_DISPATCH_BYTES: usize = 32 * 1024 * 1024;
+/// How long a request may wait for a slot on a full shard before the answer
+/// is "busy": long enough to bridge a slot being handed on, too short to
+/// queue here instead of in the gateway.
+const BUSY_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 
 pub struct NodeState {
     pub id: String,
@@ -109,7 +113,7 @@ async fn dispatch(
     if !shard.healthy() {
         return worker_error(WorkerErrorKind::ShardUnavailable, "the shard is unhealthy");
     }
-    let permit = match shard.try_admit() {
+    let permit = match shard.admit_within(BUSY_GRACE).await {
         Ok(p) => p,
         Err(Refusal::Busy) => {
             return worker_error(WorkerErrorKind::Busy, "the shard is at its in-flight limit");

@@ -31,6 +31,8 @@ pub struct Shard {
     max_model_len: AtomicU64,
     model: Mutex<Option<String>>,
     breaker: Mutex<Breaker>,
+    /// Woken whenever a permit frees its slot.
+    freed: tokio::sync::Notify,
 }
 
 /// Why a shard did not admit a request.
@@ -70,6 +72,7 @@ impl Drop for Permit {
             });
         }
         self.shard.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.shard.freed.notify_waiters();
     }
 }
 
@@ -89,6 +92,7 @@ impl Shard {
             max_model_len: AtomicU64::new(0),
             model: Mutex::new(None),
             breaker: Mutex::new(Breaker::new(breaker)),
+            freed: tokio::sync::Notify::new(),
         })
     }
 
@@ -102,6 +106,28 @@ impl Shard {
             .lock()
             .map(|b| b.state())
             .unwrap_or(BreakerState::Open)
+    }
+
+    /// Like [`Shard::try_admit`], but a full shard may free a slot within
+    /// `grace`. A gateway hands a slot on as soon as the answer reached it,
+    /// which can be a moment before this worker's relay of that answer ends;
+    /// without the grace the next request would bounce as busy and wait for
+    /// a load report.
+    pub async fn admit_within(self: &Arc<Self>, grace: Duration) -> Result<Permit, Refusal> {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so a slot freed in between is not missed.
+            freed.as_mut().enable();
+            match self.try_admit() {
+                Err(Refusal::Busy) => {}
+                other => return other,
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(Refusal::Busy);
+            }
+        }
     }
 
     /// Takes a slot if one is free and the breaker lets the request through:
@@ -343,6 +369,27 @@ mod tests {
         assert_eq!(s.try_admit().err(), Some(Refusal::Busy));
         drop(a);
         assert!(s.try_admit().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_freed_within_the_grace_admits_instead_of_busy() {
+        let s = shard(1);
+        let held = s.try_admit().unwrap();
+        let waiting = tokio::spawn({
+            let s = s.clone();
+            async move { s.admit_within(Duration::from_millis(20)).await.is_ok() }
+        });
+        tokio::task::yield_now().await;
+        drop(held);
+        assert!(waiting.await.unwrap(), "the freed slot went to the waiter");
+        // Nobody frees one: busy once the grace is over.
+        let _held = s.try_admit().unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            s.admit_within(Duration::from_millis(20)).await.err(),
+            Some(Refusal::Busy)
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(20));
     }
 
     #[test]
