@@ -327,6 +327,107 @@ async fn every_key_under_the_prefix_has_a_ttl_after_a_run() {
     }
 }
 
+/// Script calls Redis has served, from `INFO commandstats`.
+struct ScriptCalls {
+    /// `EVALSHA` and `EVAL` calls that ran their script.
+    ran: u64,
+    /// `EVALSHA` calls refused with NOSCRIPT (the script was not cached yet).
+    missed: u64,
+    /// `SCRIPT LOAD` calls.
+    loads: u64,
+}
+
+async fn script_calls(c: &mut redis::aio::MultiplexedConnection) -> ScriptCalls {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(c)
+        .await
+        .unwrap();
+    let stat = |cmd: &str, field: &str| -> u64 {
+        let prefix = format!("cmdstat_{cmd}:");
+        let field = format!("{field}=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.split(',').find_map(|kv| kv.strip_prefix(field.as_str())))
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let ran =
+        |cmd: &str| stat(cmd, "calls") - stat(cmd, "failed_calls") - stat(cmd, "rejected_calls");
+    ScriptCalls {
+        ran: ran("evalsha") + ran("eval"),
+        missed: stat("evalsha", "failed_calls"),
+        loads: stat("script|load", "calls"),
+    }
+}
+
+/// Admission is one script call before the answer, settlement one more after
+/// it; nothing else on the request path runs a script. (On a fresh Redis the
+/// first call of each script also misses the script cache once: NOSCRIPT,
+/// `SCRIPT LOAD`, the call again.)
+#[tokio::test]
+async fn each_request_costs_one_redis_round_trip_to_admit_and_one_to_settle() {
+    const N: u64 = 12;
+    let redis = RedisServer::start();
+    let limits = "rpm = 1000\ntpm = 1000000\nmax_concurrency = 10\ndaily_tokens = 10000000";
+    let f = fleet(&redis, 3, &tenant_and_client(limits, limits), "100").await;
+    let http = http();
+    let token = token(&http, &f.gateways[0].1, "c1", CLIENT_SECRET).await;
+    let conn = redis::Client::open(redis.url()).unwrap();
+    let mut c = conn.get_multiplexed_async_connection().await.unwrap();
+    let before = script_calls(&mut c).await;
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    for i in 1..=N {
+        let base = &f.gateways[(i - 1) as usize % f.gateways.len()].1;
+        let r = chat(&http, base, &token, body.clone()).await;
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap();
+        // This answer's admission is done; settlements may still be running.
+        let ran = script_calls(&mut c).await.ran - before.ran;
+        assert!(
+            (i..=2 * i).contains(&ran),
+            "{ran} script calls after answer {i}"
+        );
+    }
+    // Settlement runs after the answer: wait for the usage it records.
+    eventually("every request to be settled", || {
+        let (http, token, base) = (http.clone(), token.clone(), f.gateways[0].1.clone());
+        async move {
+            let v: Value = http
+                .get(format!("{base}/v1/usage"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let settled: u64 = v["data"]
+                .as_array()?
+                .iter()
+                .filter_map(|d| d["requests"].as_u64())
+                .sum();
+            (settled == N).then_some(())
+        }
+    })
+    .await;
+    let after = script_calls(&mut c).await;
+    assert_eq!(
+        after.ran - before.ran,
+        2 * N,
+        "one admission and one settlement each"
+    );
+    let missed = after.missed - before.missed;
+    assert_eq!(
+        after.loads - before.loads,
+        missed,
+        "each miss loads its script once"
+    );
+    assert!(
+        missed <= 2 * f.gateways.len() as u64,
+        "{missed} cache misses"
+    );
+}
+
 /// With `gateway.tokenizer` set, the reservation is the exact prompt count.
 /// A byte-level vocabulary without merges makes that count easy to state:
 /// one token per byte of the rendered chat, one per special token.

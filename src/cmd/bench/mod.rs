@@ -1,6 +1,7 @@
 //! `tollgate bench`: load generators.
 //!
-//! - `closed`: N clients back to back against one URL (gateway overhead vs a bare shard)
+//! - `closed`: N clients back to back against one URL or round-robin over
+//!   several (gateway overhead vs a bare shard, per-stage timings)
 //! - `open`: an open-loop multi-tenant scenario (Poisson arrivals per tenant)
 //! - `report`: per-tenant statistics, Jain's fairness index, JSON and an SVG chart
 
@@ -61,4 +62,37 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+}
+
+/// The `name;dur=ms` entries of a Server-Timing style header, in order.
+fn timings(h: &str) -> impl Iterator<Item = (&str, f64)> {
+    h.split(',').filter_map(|part| {
+        let mut fields = part.split(';').map(str::trim);
+        let name = fields.next().filter(|n| !n.is_empty())?;
+        let ms = fields.find_map(|f| f.strip_prefix("dur="))?.parse().ok()?;
+        Some((name, ms))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_header_splits_into_stages() {
+        let h = "auth;dur=0.120, validate;dur=0.050,limit;dur=0.300, dispatch;desc=\"q\";dur=41.7, relay;dur=x, ;dur=1, total;dur=42.17";
+        let got: Vec<(&str, f64)> = timings(h).collect();
+        assert_eq!(
+            got,
+            [
+                ("auth", 0.12),
+                ("validate", 0.05),
+                ("limit", 0.3),
+                ("dispatch", 41.7),
+                ("total", 42.17)
+            ]
+        );
+        assert_eq!(timings("").count(), 0);
+        assert_eq!(timings("limit").count(), 0);
+    }
 }

@@ -5,6 +5,7 @@
 //! ```toml
 //! url = "http://127.0.0.1:8080"
 //! duration_secs = 60
+//! warmup_secs = 5               # latencies of requests sent earlier are left out
 //! [[tenants]]
 //! name = "a"                    # label in the report
 //! client_id = "a-app"
@@ -29,7 +30,7 @@ use serde::Deserialize;
 use tollgate_shared::secret::SecretSource;
 
 use super::report::{Outcome, Recorder};
-use super::token;
+use super::{timings, token};
 use crate::cmd::{CmdResult, Failure};
 
 #[derive(Deserialize)]
@@ -44,6 +45,10 @@ pub struct Scenario {
     /// How long to wait for answers still open when arrivals stop.
     #[serde(default = "default_drain")]
     pub drain_secs: u64,
+    /// Latency percentiles leave out requests sent in the first seconds
+    /// (they are still sent, counted and credited).
+    #[serde(default)]
+    pub warmup_secs: u64,
     pub tenants: Vec<TenantLoad>,
 }
 
@@ -89,9 +94,13 @@ fn load(path: &Path) -> Result<Scenario, Failure> {
     let s: Scenario = figment::Figment::from(Toml::file(path))
         .extract()
         .map_err(|e| Failure::Other(anyhow::anyhow!("scenario {}: {e}", path.display())))?;
-    if s.tenants.is_empty() || s.duration_secs == 0 || s.bucket_secs == 0 {
+    if s.tenants.is_empty()
+        || s.duration_secs == 0
+        || s.bucket_secs == 0
+        || s.warmup_secs >= s.duration_secs
+    {
         return Err(Failure::Other(anyhow::anyhow!(
-            "scenario: give tenants, duration_secs > 0, bucket_secs > 0"
+            "scenario: give tenants, duration_secs > 0, bucket_secs > 0, warmup_secs < duration_secs"
         )));
     }
     for t in &s.tenants {
@@ -247,6 +256,7 @@ async fn tenant_loop(
         if at >= duration {
             return out;
         }
+        let measured = at >= Duration::from_secs(sc.warmup_secs);
         let input = rng.random_range(t.prompt_tokens[0]..=t.prompt_tokens[1]);
         let output = rng.random_range(t.output_tokens[0]..=t.output_tokens[1]);
         let mut body = serde_json::json!({
@@ -274,10 +284,9 @@ async fn tenant_loop(
         let stream = t.stream;
         out.push(Box::pin(async move {
             tokio::time::sleep_until(tokio::time::Instant::from_std(start + at)).await;
-            let sent = Instant::now();
             rec.sent(i);
             let outcome = send(req, stream, &rec, i, start, u64::from(input)).await;
-            rec.done(i, sent, outcome);
+            rec.done(i, measured, outcome);
         }));
     }
 }
@@ -301,7 +310,7 @@ async fn send(
         .headers()
         .get("x-tollgate-timing")
         .and_then(|v| v.to_str().ok())
-        .and_then(queue_ms_of);
+        .and_then(|h| timings(h).find_map(|(name, ms)| (name == "queue").then_some(ms)));
     if status != 200 {
         let _ = resp.bytes().await;
         return Outcome::failed(status);
@@ -363,12 +372,4 @@ async fn send(
         o.status = 0;
     }
     o
-}
-
-/// `queue;dur=12.5` out of a Server-Timing style header.
-fn queue_ms_of(h: &str) -> Option<f64> {
-    h.split(',')
-        .map(str::trim)
-        .find_map(|part| part.strip_prefix("queue;dur="))
-        .and_then(|v| v.trim().parse().ok())
 }

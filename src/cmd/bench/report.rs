@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -150,7 +150,8 @@ impl Recorder {
         }
     }
 
-    pub fn done(&self, i: usize, _sent: Instant, o: Outcome) {
+    /// Counts an answer; its latencies only when `measured` (sent after the warm-up).
+    pub fn done(&self, i: usize, measured: bool, o: Outcome) {
         let Ok(mut all) = self.tenants.lock() else {
             return;
         };
@@ -163,10 +164,12 @@ impl Recorder {
         }
         t.prompt_tokens += o.prompt_tokens;
         t.completion_tokens += o.completion_tokens;
-        t.ttft.extend(o.ttft);
-        t.e2e.extend(o.e2e.filter(|_| o.status == 200));
-        t.queue
-            .extend(o.queue_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0)));
+        if measured {
+            t.ttft.extend(o.ttft);
+            t.e2e.extend(o.e2e.filter(|_| o.status == 200));
+            t.queue
+                .extend(o.queue_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0)));
+        }
     }
 
     pub fn progress(&self) -> String {
@@ -349,18 +352,33 @@ mod tests {
         r.credit(1, Duration::from_millis(1500), 80);
         r.done(
             0,
-            Instant::now(),
+            true,
             Outcome {
                 status: 200,
                 e2e: Some(Duration::from_millis(5)),
                 ..Default::default()
             },
         );
-        r.done(1, Instant::now(), Outcome::failed(429));
+        // Sent during the warm-up: counted, but its latency is not.
+        r.done(
+            0,
+            false,
+            Outcome {
+                status: 200,
+                e2e: Some(Duration::from_secs(9)),
+                ..Default::default()
+            },
+        );
+        r.done(1, true, Outcome::failed(429));
         let rep = r.report(Duration::from_secs(2), Duration::from_secs(2));
         assert_eq!(rep.tenants[0].service_over_time, vec![10.0, 30.0]);
         assert_eq!(rep.tenants[0].service_per_sec, 20.0);
         assert_eq!(rep.tenants[1].rate_limited, 1);
+        assert_eq!(rep.tenants[0].ok, 2);
+        assert_eq!(
+            rep.tenants[0].e2e_p99_ms, 5.0,
+            "the warm-up answer is left out"
+        );
         // Weighted rates 20 and 40/2 = 20: perfectly fair.
         assert!((rep.jain_fairness_index - 1.0).abs() < 1e-9);
         let svg = r.svg(Duration::from_secs(2));
