@@ -294,15 +294,7 @@ async fn every_key_under_the_prefix_has_a_ttl_after_a_run() {
     let usage: Value = eventually("usage to be metered", || {
         let (http, token, base) = (http.clone(), token.clone(), base.clone());
         async move {
-            let v: Value = http
-                .get(format!("{base}/v1/usage"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v = get_json(&http, &format!("{base}/v1/usage"), &token).await;
             (v["data"][0]["requests"] == 2).then_some(v)
         }
     })
@@ -392,15 +384,7 @@ async fn each_request_costs_one_redis_round_trip_to_admit_and_one_to_settle() {
     eventually("every request to be settled", || {
         let (http, token, base) = (http.clone(), token.clone(), f.gateways[0].1.clone());
         async move {
-            let v: Value = http
-                .get(format!("{base}/v1/usage"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v = get_json(&http, &format!("{base}/v1/usage"), &token).await;
             let settled: u64 = v["data"]
                 .as_array()?
                 .iter()

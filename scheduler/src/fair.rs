@@ -16,9 +16,9 @@ use std::sync::Arc;
 
 use tollgate_shared::config::Priority;
 
-const CLASSES: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+pub(crate) const CLASSES: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
 
-fn class_index(p: Priority) -> usize {
+pub(crate) fn class_index(p: Priority) -> usize {
     match p {
         Priority::High => 0,
         Priority::Normal => 1,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use tollgate_shared::config::Priority;
 
-use crate::fair::{FairQueue, Fairness, TenantView};
+use crate::fair::{CLASSES, FairQueue, Fairness, TenantView, class_index};
 use crate::shard::{ShardCapacity, ShardId, best_shard};
 
 /// What the policy needs to know of a request.
@@ -56,16 +56,6 @@ pub struct Bounds {
 pub struct Reserve {
     pub slots: u32,
     pub hold_ms: u64,
-}
-
-const CLASSES: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
-
-fn class_index(p: Priority) -> usize {
-    match p {
-        Priority::High => 0,
-        Priority::Normal => 1,
-        Priority::Low => 2,
-    }
 }
 
 /// Why a job was not queued.

@@ -322,6 +322,18 @@ pub async fn token(http: &reqwest::Client, base: &str, id: &str, secret: &str) -
     v["access_token"].as_str().unwrap().to_owned()
 }
 
+/// GETs `url` with a bearer token and reads the answer as JSON.
+pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> serde_json::Value {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Splits an SSE body into its `data:` payloads.
 pub fn sse_data(body: &str) -> Vec<String> {
     body.split("\n\n")
