@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{percentile, timings, token};
+use super::{percentile, timing_header, timings, token};
 use crate::cmd::{CmdResult, Failure};
 
 #[derive(clap::Args)]
@@ -104,11 +104,7 @@ async fn one(
     }
     let resp = req.send().await.map_err(|e| e.to_string())?;
     let status = resp.status();
-    let timing = resp
-        .headers()
-        .get("x-tollgate-timing")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let timing = timing_header(&resp).map(str::to_owned);
     // Read the whole answer: for streams, the last event.
     let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
     if !status.is_success() {

@@ -64,6 +64,13 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
 }
 
+/// The gateway's `x-tollgate-timing` header of an answer, if it has one.
+fn timing_header(resp: &reqwest::Response) -> Option<&str> {
+    resp.headers()
+        .get("x-tollgate-timing")
+        .and_then(|v| v.to_str().ok())
+}
+
 /// The `name;dur=ms` entries of a Server-Timing style header, in order.
 fn timings(h: &str) -> impl Iterator<Item = (&str, f64)> {
     h.split(',').filter_map(|part| {

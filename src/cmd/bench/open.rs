@@ -30,7 +30,7 @@ use serde::Deserialize;
 use tollgate_shared::secret::SecretSource;
 
 use super::report::{Outcome, Recorder};
-use super::{timings, token};
+use super::{timing_header, timings, token};
 use crate::cmd::{CmdResult, Failure};
 
 #[derive(Deserialize)]
@@ -306,10 +306,7 @@ async fn send(
         Err(_) => return Outcome::failed(0),
     };
     let status = resp.status().as_u16();
-    let queue_ms = resp
-        .headers()
-        .get("x-tollgate-timing")
-        .and_then(|v| v.to_str().ok())
+    let queue_ms = timing_header(&resp)
         .and_then(|h| timings(h).find_map(|(name, ms)| (name == "queue").then_some(ms)));
     if status != 200 {
         let _ = resp.bytes().await;
