@@ -264,3 +264,45 @@ async fn a_shard_failing_before_the_first_byte_is_retried_once_elsewhere() {
         .logged(|f| f["message"] == "shard failed before the first byte; retrying elsewhere");
     assert!(!retries.is_empty(), "the bad shard was never tried");
 }
+
+/// Two gateways share one worker. Its load report tells each gateway which
+/// of a shard's requests are its own, so each can count its own exactly and
+/// take only the others' from the report.
+#[tokio::test]
+async fn a_load_report_tells_each_gateway_its_own_requests() {
+    let fleet = Fleet::new();
+    let http = fleet.http.clone();
+    let w = fleet.worker("a", &["--sim", "1"], SLOW_ECHO);
+    let gw1 = fleet.gateway(&[]);
+    let gw2 = fleet.gateway(&[]);
+    for gw in [&gw1, &gw2] {
+        gw.wait_worker_up(&w.url).await;
+        gw.wait_ready(&http).await;
+    }
+    let t = gw1.token(&http).await;
+    // (in flight, the caller's own) on the shard, as `gw` last heard it.
+    let seen = |gw: &'static str, view: Value| {
+        let s = &view["data"][0]["shards"][0];
+        let pair = (s["inflight"].as_u64(), s["caller_inflight"].as_u64());
+        (gw, pair)
+    };
+    let both = || async {
+        (
+            seen("gw1", gw1.workers(&http, &t).await),
+            seen("gw2", gw2.workers(&http, &t).await),
+        )
+    };
+
+    let stream = gw1.open_stream(&http, &t, LONG).await;
+    eventually("both gateways to see the stream", || async {
+        let v = both().await;
+        (v == (("gw1", (Some(1), Some(1))), ("gw2", (Some(1), Some(0))))).then_some(())
+    })
+    .await;
+    assert_eq!(stream.finish().await.0, End::Done);
+    eventually("both gateways to see it end", || async {
+        let v = both().await;
+        (v == (("gw1", (Some(0), Some(0))), ("gw2", (Some(0), Some(0))))).then_some(())
+    })
+    .await;
+}

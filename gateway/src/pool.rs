@@ -23,8 +23,8 @@ use tollgate_shared::breaker::{Admit, Breaker, BreakerConfig, BreakerState, Tran
 use tollgate_shared::ids::RequestId;
 use tollgate_shared::secret::Secret;
 use tollgate_shared::worker_api::{
-    Endpoint, LOAD_PATH, REQUEST_ID_HEADER, ShardLoad, TRACEPARENT_HEADER, WORKER_ERROR_HEADER,
-    WorkerErrorKind, WorkerLoad, dispatch_path,
+    Endpoint, GATEWAY_ID_HEADER, LOAD_PATH, REQUEST_ID_HEADER, ShardLoad, TRACEPARENT_HEADER,
+    WORKER_ERROR_HEADER, WorkerErrorKind, WorkerLoad, dispatch_path,
 };
 
 /// A report older than this counts as no capacity at all.
@@ -75,6 +75,9 @@ pub struct WorkerView {
 
 pub struct Pool {
     http: reqwest::Client,
+    /// Names this gateway to workers, which then report its own share of each
+    /// shard's in-flight requests (see [`ShardCapacity::own_at_report`]).
+    id: String,
     secret: Secret,
     scheduler: SchedulerHandle,
     breaker: BreakerConfig,
@@ -91,6 +94,7 @@ impl Pool {
             .map_err(|e| e.to_string())?;
         Ok(Pool {
             http,
+            id: uuid::Uuid::new_v4().simple().to_string(),
             secret,
             scheduler,
             breaker: BreakerConfig::default(),
@@ -186,6 +190,7 @@ impl Pool {
             .http
             .get(format!("{url}{LOAD_PATH}"))
             .bearer_auth(self.secret.expose())
+            .header(GATEWAY_ID_HEADER, &self.id)
             .timeout(POLL_TIMEOUT)
             .send()
             .await
@@ -335,6 +340,7 @@ impl Pool {
             .bearer_auth(self.secret.expose())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(REQUEST_ID_HEADER, request_id.to_string())
+            .header(GATEWAY_ID_HEADER, &self.id)
             .header(
                 TRACEPARENT_HEADER,
                 crate::telemetry::traceparent(request_id),
@@ -430,6 +436,8 @@ fn capacities(url: &Arc<str>, t: &mut Tracked, now: Instant) -> Vec<ShardCapacit
         return Vec::new();
     };
     let mut room = t.breaker.capacity();
+    // A breaker's cap on slots would be undone by adding back our own requests.
+    let exact = room.is_none();
     load.shards
         .iter()
         .map(|s| {
@@ -452,6 +460,9 @@ fn capacities(url: &Arc<str>, t: &mut Tracked, now: Instant) -> Vec<ShardCapacit
                 waiting: s.waiting,
                 kv_cache_usage: s.kv_cache_usage,
                 granted: 0,
+                own_at_report: s
+                    .caller_inflight
+                    .filter(|_| exact && s.breaker == BreakerState::Closed),
             }
         })
         .collect()

@@ -14,6 +14,7 @@ fn shard(index: u32, free: u32) -> ShardLoad {
         waiting: 0,
         kv_cache_usage: 0.0,
         inflight: 4 - free,
+        caller_inflight: None,
         max_inflight: 4,
         free_slots: free,
         breaker: BreakerState::Closed,

@@ -115,18 +115,28 @@ async fn run(
     while let Some(msg) = rx.recv().await {
         // Requests already waiting means the fleet is saturated: let freed
         // capacity gather for a moment so one round hands it out in order.
+        // A request that would be first in line ends the wait: nothing it
+        // could be ordered against is waiting, so waiting would only delay it.
         let waiting = !policy.is_empty();
+        let mut urgent = jumps_the_line(&policy, &msg);
         let mut freed = apply(&mut policy, msg, now_ms());
         while let Ok(msg) = rx.try_recv() {
+            urgent |= jumps_the_line(&policy, &msg);
             freed |= apply(&mut policy, msg, now_ms());
         }
-        if waiting && freed && !window.is_zero() {
+        if waiting && freed && !urgent && !window.is_zero() {
             let until = Instant::now() + window;
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => break,
                     msg = rx.recv() => match msg {
-                        Some(m) => { apply(&mut policy, m, now_ms()); }
+                        Some(m) => {
+                            let urgent = jumps_the_line(&policy, &m);
+                            apply(&mut policy, m, now_ms());
+                            if urgent {
+                                break;
+                            }
+                        }
                         None => return,
                     },
                 }
@@ -149,6 +159,11 @@ async fn run(
             let _ = g.item.send(Ok(grant));
         }
     }
+}
+
+/// Whether `msg` is a new request that would be first in line (see `run`).
+fn jumps_the_line(policy: &Policy<Reply>, msg: &Msg) -> bool {
+    matches!(msg, Msg::Submit { spec, .. } if policy.first_in_line(spec.priority))
 }
 
 /// Applies one message; tells whether it freed capacity.
@@ -175,7 +190,7 @@ fn apply(policy: &mut Policy<Reply>, msg: Msg, now_ms: u64) -> bool {
             false
         }
         Msg::Release { shard } => {
-            policy.release(&shard);
+            policy.release(&shard, now_ms);
             true
         }
         Msg::Busy {

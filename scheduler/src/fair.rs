@@ -123,6 +123,14 @@ impl<T> FairQueue<T> {
         self.index.is_empty()
     }
 
+    /// Whether a request of class `priority` would be first in line: nothing
+    /// of its class or a higher one is waiting.
+    pub fn first_in_line(&self, priority: Priority) -> bool {
+        self.classes[..=class_index(priority)]
+            .iter()
+            .all(|c| c.backlogged.is_empty())
+    }
+
     pub fn depth(&self, priority: Priority) -> usize {
         self.classes[class_index(priority)]
             .tenants

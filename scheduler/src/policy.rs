@@ -48,14 +48,62 @@ pub struct Bounds {
 }
 
 /// Slots held for higher classes. While a class is active — one of its
-/// requests arrived within `hold_ms` — every lower class leaves `slots` of
-/// each shard free for it (twice that for `low` while both `high` and
-/// `normal` are active), never more than half a shard. A higher class's
-/// request then starts at once instead of waiting for a lower one to end.
+/// requests arrived within `hold_ms` — every lower class leaves slots of each
+/// shard free for it (for `low`, the sum over the active classes above it),
+/// never more than half a shard. A higher class's request then starts at
+/// once instead of waiting for a lower one to end.
+///
+/// How many: at least `slots`, and enough to cover the class's bursts. The
+/// held slots drain as its requests arrive (rate λ) and refill as requests
+/// of any class end (rate μ), so they are all taken with probability about
+/// (λ/μ)^k for k held slots; the policy holds the smallest k that makes that
+/// at most [`BURST_MISS`], from the rates it has seen. `slots = 0` holds none.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reserve {
     pub slots: u32,
     pub hold_ms: u64,
+}
+
+/// The share of a higher class's requests allowed to find every held slot
+/// taken by a burst (and wait for a request to end).
+pub const BURST_MISS: f64 = 0.002;
+
+/// Completions (decayed) below which the rates are not trusted and only the
+/// configured minimum is held.
+const MIN_COMPLETIONS: f64 = 16.0;
+
+/// Time constant of the measured arrival and completion rates.
+const RATE_TAU_MS: f64 = 10_000.0;
+
+/// An event count that decays with time: a rate, up to the factor [`RATE_TAU_MS`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Rate {
+    count: f64,
+    at_ms: u64,
+}
+
+impl Rate {
+    fn tick(&mut self, now_ms: u64) {
+        self.count = self.at(now_ms) + 1.0;
+        self.at_ms = self.at_ms.max(now_ms);
+    }
+
+    fn at(&self, now_ms: u64) -> f64 {
+        let dt = now_ms.saturating_sub(self.at_ms) as f64;
+        self.count * (-dt / RATE_TAU_MS).exp()
+    }
+}
+
+/// Held slots that a burst takes all of with probability at most
+/// [`BURST_MISS`], when requests arrive `ratio` times as fast as slots free.
+fn burst_cover(ratio: f64) -> u32 {
+    if ratio.is_nan() || ratio <= 0.0 {
+        return 0;
+    }
+    if ratio >= 1.0 {
+        return u32::MAX; // arrivals outpace completions: as many as allowed
+    }
+    (BURST_MISS.ln() / ratio.ln()).ceil().min(1024.0) as u32
 }
 
 /// Why a job was not queued.
@@ -80,7 +128,8 @@ pub struct QueueStats {
     pub queued_bytes: usize,
     pub free_slots: u64,
     pub healthy_shards: usize,
-    /// Per class: slots of each shard it must leave free for higher classes now.
+    /// Per class: slots of each shard it must leave free for higher classes
+    /// now (at most half of the largest shard).
     pub reserved: [(Priority, u32); 3],
 }
 
@@ -139,10 +188,15 @@ pub struct Policy<T> {
     per_tenant: HashMap<Arc<str>, usize>,
     queued_bytes: usize,
     shards: HashMap<ShardId, ShardCapacity>,
+    /// This gateway's requests on each shard: granted, not yet released.
+    own: HashMap<ShardId, u32>,
     affinity: Affinity,
     reserve: Reserve,
     /// When a request of each class (high, normal, low) last arrived.
     last_arrival_ms: [Option<u64>; 3],
+    /// Arrivals per class, and granted requests ending (any class).
+    arrivals: [Rate; 3],
+    completions: Rate,
 }
 
 impl<T> Policy<T> {
@@ -150,11 +204,14 @@ impl<T> Policy<T> {
         Policy {
             reserve: Reserve::default(),
             last_arrival_ms: [None; 3],
+            arrivals: [Rate::default(); 3],
+            completions: Rate::default(),
             bounds,
             fair: FairQueue::default(),
             per_tenant: HashMap::new(),
             queued_bytes: 0,
             shards: HashMap::new(),
+            own: HashMap::new(),
             affinity: Affinity::default(),
         }
     }
@@ -171,12 +228,25 @@ impl<T> Policy<T> {
         if self.reserve.slots == 0 {
             return 0;
         }
-        let active = self.last_arrival_ms[..class_index(p)]
-            .iter()
-            .flatten()
-            .filter(|&&at| now_ms.saturating_sub(at) < self.reserve.hold_ms)
-            .count() as u32;
-        self.reserve.slots.saturating_mul(active)
+        (0..class_index(p))
+            .filter(|&c| {
+                self.last_arrival_ms[c]
+                    .is_some_and(|at| now_ms.saturating_sub(at) < self.reserve.hold_ms)
+            })
+            .map(|c| self.held_for(c, now_ms))
+            .fold(0, u32::saturating_add)
+    }
+
+    /// Slots held for class `c` while it is active: the configured minimum,
+    /// or more to cover its bursts at the rates seen lately.
+    fn held_for(&self, c: usize, now_ms: u64) -> u32 {
+        let done = self.completions.at(now_ms);
+        let cover = if done >= MIN_COMPLETIONS {
+            burst_cover(self.arrivals[c].at(now_ms) / done)
+        } else {
+            0 // too few requests have ended to tell a rate
+        };
+        self.reserve.slots.max(cover)
     }
 
     fn fairness(spec: &JobSpec) -> Fairness {
@@ -241,6 +311,7 @@ impl<T> Policy<T> {
         }
         let shed = shed.into_iter().map(|(_, q)| q.item).collect();
         self.last_arrival_ms[class_index(spec.priority)] = Some(now_ms);
+        self.arrivals[class_index(spec.priority)].tick(now_ms);
         self.admit(seq, now_ms, spec, item);
         Ok(shed)
     }
@@ -274,13 +345,15 @@ impl<T> Policy<T> {
     /// Replaces what is known of one worker's shards.
     pub fn report(&mut self, worker: &Arc<str>, shards: Vec<ShardCapacity>) {
         self.shards.retain(|id, _| id.worker != *worker);
-        for s in shards {
+        for mut s in shards {
+            s.correct_own(self.own.get(&s.id).copied().unwrap_or(0));
             self.shards.insert(s.id.clone(), s);
         }
     }
 
     /// The shard answered "busy": grant it nothing until its next report.
     pub fn mark_full(&mut self, id: &ShardId) {
+        self.uncount_own(id);
         if let Some(s) = self.shards.get_mut(id) {
             s.free_slots = 0;
             // The request is not on the shard after all.
@@ -288,10 +361,21 @@ impl<T> Policy<T> {
         }
     }
 
-    /// A granted request finished: its slot is free again.
-    pub fn release(&mut self, id: &ShardId) {
+    /// A granted request finished at `now_ms`: its slot is free again.
+    pub fn release(&mut self, id: &ShardId, now_ms: u64) {
+        self.completions.tick(now_ms);
+        self.uncount_own(id);
         if let Some(s) = self.shards.get_mut(id) {
             s.give_back();
+        }
+    }
+
+    fn uncount_own(&mut self, id: &ShardId) {
+        if let Some(n) = self.own.get_mut(id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.own.remove(id);
+            }
         }
     }
 
@@ -340,6 +424,7 @@ impl<T> Policy<T> {
         if let Some(s) = self.shards.get_mut(&shard) {
             s.take_slot();
         }
+        *self.own.entry(shard.clone()).or_insert(0) += 1;
         if let Some(p) = q.spec.prefix {
             self.affinity.remember(p, &shard);
         }
@@ -354,6 +439,11 @@ impl<T> Policy<T> {
 
     pub fn is_empty(&self) -> bool {
         self.fair.is_empty()
+    }
+
+    /// Whether a new request of class `p` would be first in line.
+    pub fn first_in_line(&self, p: Priority) -> bool {
+        self.fair.first_in_line(p)
     }
 
     pub fn stats(&self, now_ms: u64) -> QueueStats {
@@ -376,6 +466,13 @@ impl<T> Policy<T> {
                 counter: v.counter,
             })
             .collect();
+        // A shard lets a lower class use at least half its slots, whatever is held.
+        let half_shard = self
+            .shards
+            .values()
+            .map(|s| s.max_slots / 2)
+            .max()
+            .unwrap_or(0);
         QueueStats {
             depth: self.fair.len(),
             by_class: CLASSES.map(|p| (p, self.fair.depth(p))),
@@ -389,7 +486,7 @@ impl<T> Policy<T> {
                 .map(|s| u64::from(s.free_slots))
                 .sum(),
             healthy_shards: self.shards.values().filter(|s| s.healthy).count(),
-            reserved: CLASSES.map(|p| (p, self.keep_free(p, now_ms))),
+            reserved: CLASSES.map(|p| (p, self.keep_free(p, now_ms).min(half_shard))),
         }
     }
 }

@@ -42,6 +42,12 @@ pub struct ShardCapacity {
     /// Grants this policy made since the report, less releases: load the
     /// report cannot show yet. Kept by the policy; a report starts it at 0.
     pub granted: u32,
+    /// How many of `inflight` were this gateway's own at the report, when the
+    /// worker told (and no breaker caps the slots). The policy then replaces
+    /// that snapshot with its exact count of its own requests: a request that
+    /// ended (or started) while the report was on its way is no longer
+    /// counted wrongly until the next one.
+    pub own_at_report: Option<u32>,
 }
 
 impl ShardCapacity {
@@ -54,6 +60,20 @@ impl ShardCapacity {
         (self.running.saturating_add(self.waiting))
             .max(self.inflight)
             .saturating_add(self.granted)
+    }
+
+    /// Replaces this gateway's share of the reported load (`own_at_report`)
+    /// with `own`, its exact number of requests on the shard now.
+    pub(crate) fn correct_own(&mut self, own: u32) {
+        let Some(reported) = self.own_at_report.take() else {
+            return;
+        };
+        if self.healthy {
+            self.free_slots = (self.free_slots + reported)
+                .saturating_sub(own)
+                .min(self.max_slots);
+        }
+        self.inflight = (self.inflight.saturating_sub(reported)).saturating_add(own);
     }
 
     /// A grant takes a slot.

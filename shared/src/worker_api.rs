@@ -17,6 +17,9 @@ pub const LOAD_PATH: &str = "/internal/v1/load";
 pub const WORKER_ERROR_HEADER: &str = "x-tollgate-worker-error";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// Names the gateway replica on dispatches and load polls, so a load report
+/// can tell the caller which in-flight requests are its own.
+pub const GATEWAY_ID_HEADER: &str = "x-tollgate-gateway";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -112,6 +115,10 @@ pub struct ShardLoad {
     pub kv_cache_usage: f64,
     /// Requests this worker has in flight to the shard.
     pub inflight: u32,
+    /// How many of `inflight` the polling gateway sent (absent when the poll
+    /// named no gateway, or from older workers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_inflight: Option<u32>,
     pub max_inflight: u32,
     /// Requests the worker would admit now.
     pub free_slots: u32,

@@ -93,7 +93,7 @@ impl Fleet {
             self.dir.path(),
             "gateway.toml",
             &format!(
-                "[auth]\nhs256_secret = {{ env = \"JWT\" }}\n[[tenants]]\nid = \"acme\"\n[[clients]]\nid = \"{CLIENT_ID}\"\ntenant = \"acme\"\nsecret = {{ env = \"C1\" }}\n"
+                "[auth]\nhs256_secret = {{ env = \"JWT\" }}\n[[tenants]]\nid = \"acme\"\n[[clients]]\nid = \"{CLIENT_ID}\"\ntenant = \"acme\"\nscopes = [\"infer\", \"admin\"]\nsecret = {{ env = \"C1\" }}\n"
             ),
         );
         let mut cmd = command(self.dir.path());
@@ -176,6 +176,11 @@ impl Gateway {
             f["message"] == "worker up" && f["worker"] == worker_url
         })
         .await;
+    }
+
+    /// `/v1/admin/workers`: this gateway's view of its workers.
+    pub async fn workers(&self, http: &reqwest::Client, token: &str) -> Value {
+        super::get_json(http, &format!("{}/v1/admin/workers", self.base), token).await
     }
 
     /// Starts a streamed chat completion; see [`open_stream`].

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use tollgate_shared::breaker::BreakerState;
 use tollgate_shared::secret::Secret;
 use tollgate_shared::worker_api::{
-    Endpoint, LOAD_PATH, REQUEST_ID_HEADER, TRACEPARENT_HEADER, WORKER_ERROR_HEADER,
-    WorkerErrorKind, WorkerLoad,
+    Endpoint, GATEWAY_ID_HEADER, LOAD_PATH, REQUEST_ID_HEADER, TRACEPARENT_HEADER,
+    WORKER_ERROR_HEADER, WorkerErrorKind, WorkerLoad,
 };
 
 use crate::relay::{Forwarded, relay};
@@ -32,12 +32,17 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    pub fn load(&self) -> WorkerLoad {
+    /// The load report, telling `gateway` (the caller, if named) its own share.
+    pub fn load(&self, gateway: Option<&str>) -> WorkerLoad {
         let draining = self.draining.load(Ordering::Acquire);
         WorkerLoad {
             worker_id: self.id.clone(),
             draining,
-            shards: self.shards.iter().map(|s| s.load(draining)).collect(),
+            shards: self
+                .shards
+                .iter()
+                .map(|s| s.load(draining, gateway))
+                .collect(),
         }
     }
 }
@@ -113,7 +118,8 @@ async fn dispatch(
     if !shard.healthy() {
         return worker_error(WorkerErrorKind::ShardUnavailable, "the shard is unhealthy");
     }
-    let permit = match shard.admit_within(BUSY_GRACE).await {
+    let gateway = gateway_id(&req).map(Arc::<str>::from);
+    let permit = match shard.admit_within(BUSY_GRACE, gateway.as_ref()).await {
         Ok(p) => p,
         Err(Refusal::Busy) => {
             return worker_error(WorkerErrorKind::Busy, "the shard is at its in-flight limit");
@@ -152,7 +158,16 @@ async fn load(req: HttpRequest, state: web::Data<NodeState>) -> HttpResponse {
             "missing or wrong cluster credential",
         );
     }
-    HttpResponse::Ok().json(state.load())
+    HttpResponse::Ok().json(state.load(gateway_id(&req).as_deref()))
+}
+
+/// The gateway id a request names, if it is a sane one (a short token).
+fn gateway_id(req: &HttpRequest) -> Option<String> {
+    header(req, GATEWAY_ID_HEADER).filter(|g| {
+        (1..=64).contains(&g.len())
+            && g.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
 }
 
 async fn healthz() -> HttpResponse {

@@ -3,6 +3,7 @@
 //! breaker that relay failures open and a health probe plus one trial
 //! request close again.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +21,9 @@ pub struct Shard {
     pub url: String,
     max_inflight: u32,
     inflight: AtomicU32,
+    /// In-flight requests per gateway that named itself, so each gateway can
+    /// tell its own requests from the others' in a load report.
+    by_gateway: Mutex<HashMap<Arc<str>, u32>>,
     healthy: AtomicBool,
     running: AtomicU32,
     waiting: AtomicU32,
@@ -48,6 +52,7 @@ pub enum Refusal {
 /// request went ([`Permit::settle`]), which feeds the breaker.
 pub struct Permit {
     shard: Arc<Shard>,
+    gateway: Option<Arc<str>>,
     trial: bool,
     settled: bool,
 }
@@ -71,6 +76,9 @@ impl Drop for Permit {
                 Transition::None
             });
         }
+        if let Some(g) = &self.gateway {
+            self.shard.count_gateway(g, false);
+        }
         self.shard.inflight.fetch_sub(1, Ordering::AcqRel);
         self.shard.freed.notify_waiters();
     }
@@ -83,6 +91,7 @@ impl Shard {
             url: url.trim_end_matches('/').to_owned(),
             max_inflight,
             inflight: AtomicU32::new(0),
+            by_gateway: Mutex::new(HashMap::new()),
             healthy: AtomicBool::new(false),
             running: AtomicU32::new(0),
             waiting: AtomicU32::new(0),
@@ -113,14 +122,18 @@ impl Shard {
     /// which can be a moment before this worker's relay of that answer ends;
     /// without the grace the next request would bounce as busy and wait for
     /// a load report.
-    pub async fn admit_within(self: &Arc<Self>, grace: Duration) -> Result<Permit, Refusal> {
+    pub async fn admit_within(
+        self: &Arc<Self>,
+        grace: Duration,
+        gateway: Option<&Arc<str>>,
+    ) -> Result<Permit, Refusal> {
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             // Registered before the check, so a slot freed in between is not missed.
             freed.as_mut().enable();
-            match self.try_admit() {
+            match self.try_admit(gateway) {
                 Err(Refusal::Busy) => {}
                 other => return other,
             }
@@ -131,16 +144,21 @@ impl Shard {
     }
 
     /// Takes a slot if one is free and the breaker lets the request through:
-    /// the worker is the authoritative admission point.
-    pub fn try_admit(self: &Arc<Self>) -> Result<Permit, Refusal> {
+    /// the worker is the authoritative admission point. `gateway` names the
+    /// sender, whose in-flight count the load report then shows it.
+    pub fn try_admit(self: &Arc<Self>, gateway: Option<&Arc<str>>) -> Result<Permit, Refusal> {
         self.inflight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max_inflight).then_some(n + 1)
             })
             .map_err(|_| Refusal::Busy)?;
         // The slot is taken first so a refused breaker never strands a trial.
+        if let Some(g) = gateway {
+            self.count_gateway(g, true);
+        }
         let mut permit = Permit {
             shard: self.clone(),
+            gateway: gateway.cloned(),
             trial: false,
             settled: false,
         };
@@ -160,6 +178,22 @@ impl Shard {
                 // Not a verdict: dropping the permit only frees the slot.
                 permit.settled = true;
                 Err(Refusal::CircuitOpen)
+            }
+        }
+    }
+
+    /// One more (or one fewer) request of `gateway` in flight; a gateway with
+    /// none is forgotten, so the map holds at most `max_inflight` entries.
+    fn count_gateway(&self, gateway: &Arc<str>, up: bool) {
+        let Ok(mut m) = self.by_gateway.lock() else {
+            return;
+        };
+        if up {
+            *m.entry(gateway.clone()).or_insert(0) += 1;
+        } else if let Some(n) = m.get_mut(gateway) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(gateway);
             }
         }
     }
@@ -194,8 +228,16 @@ impl Shard {
         }
     }
 
-    pub fn load(&self, draining: bool) -> ShardLoad {
+    /// The shard's load report; `gateway` (the caller) also learns how many
+    /// of the in-flight requests are its own.
+    pub fn load(&self, draining: bool, gateway: Option<&str>) -> ShardLoad {
+        // A permit counts its gateway after taking the slot and uncounts it
+        // before freeing the slot, so the caller's count never exceeds `inflight`.
+        let counts = self.by_gateway.lock().ok();
         let inflight = self.inflight.load(Ordering::Acquire);
+        let caller_inflight =
+            gateway.map(|g| counts.as_ref().and_then(|m| m.get(g).copied()).unwrap_or(0));
+        drop(counts);
         let (breaker, breaker_room) = self
             .breaker
             .lock()
@@ -219,6 +261,7 @@ impl Shard {
             waiting: self.waiting.load(Ordering::Acquire),
             kv_cache_usage: f64::from_bits(self.kv_usage_bits.load(Ordering::Acquire)),
             inflight,
+            caller_inflight,
             max_inflight: self.max_inflight,
             free_slots,
             breaker,
@@ -364,29 +407,58 @@ mod tests {
     fn admission_stops_at_max_inflight_and_permits_free_slots() {
         let s = shard(2);
         assert_eq!(s.url, "http://127.0.0.1:1");
-        let a = s.try_admit().unwrap();
-        let _b = s.try_admit().unwrap();
-        assert_eq!(s.try_admit().err(), Some(Refusal::Busy));
+        let a = s.try_admit(None).unwrap();
+        let _b = s.try_admit(None).unwrap();
+        assert_eq!(s.try_admit(None).err(), Some(Refusal::Busy));
         drop(a);
-        assert!(s.try_admit().is_ok());
+        assert!(s.try_admit(None).is_ok());
+    }
+
+    #[test]
+    fn a_load_report_tells_the_caller_its_own_share() {
+        let s = shard(4);
+        let (g1, g2): (Arc<str>, Arc<str>) = ("g1".into(), "g2".into());
+        let a = s.try_admit(Some(&g1)).unwrap();
+        let b = s.try_admit(Some(&g1)).unwrap();
+        let _c = s.try_admit(Some(&g2)).unwrap();
+        let _anonymous = s.try_admit(None).unwrap();
+        let of = |g: Option<&str>| {
+            let l = s.load(false, g);
+            (l.inflight, l.caller_inflight)
+        };
+        assert_eq!(of(Some("g1")), (4, Some(2)));
+        assert_eq!(of(Some("g2")), (4, Some(1)));
+        assert_eq!(of(Some("g3")), (4, Some(0)));
+        assert_eq!(of(None), (4, None));
+        drop(a);
+        drop(b);
+        assert_eq!(of(Some("g1")), (2, Some(0)));
+        assert!(
+            s.by_gateway.lock().unwrap().get("g1").is_none(),
+            "forgotten at zero"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_slot_freed_within_the_grace_admits_instead_of_busy() {
         let s = shard(1);
-        let held = s.try_admit().unwrap();
+        let held = s.try_admit(None).unwrap();
         let waiting = tokio::spawn({
             let s = s.clone();
-            async move { s.admit_within(Duration::from_millis(20)).await.is_ok() }
+            async move {
+                s.admit_within(Duration::from_millis(20), None)
+                    .await
+                    .is_ok()
+            }
         });
         tokio::task::yield_now().await;
         drop(held);
         assert!(waiting.await.unwrap(), "the freed slot went to the waiter");
         // Nobody frees one: busy once the grace is over.
-        let _held = s.try_admit().unwrap();
+        let _held = s.try_admit(None).unwrap();
         let started = tokio::time::Instant::now();
         assert_eq!(
-            s.admit_within(Duration::from_millis(20)).await.err(),
+            s.admit_within(Duration::from_millis(20), None).await.err(),
             Some(Refusal::Busy)
         );
         assert_eq!(started.elapsed(), Duration::from_millis(20));
@@ -402,42 +474,42 @@ mod tests {
     #[test]
     fn unhealthy_or_draining_shards_offer_no_slots() {
         let s = Shard::new(0, "http://x", 4, BreakerConfig::default());
-        assert_eq!(s.load(false).free_slots, 0, "not yet seen healthy");
+        assert_eq!(s.load(false, None).free_slots, 0, "not yet seen healthy");
         s.healthy.store(true, Ordering::Release);
-        assert_eq!(s.load(false).free_slots, 4);
-        assert_eq!(s.load(true).free_slots, 0);
+        assert_eq!(s.load(false, None).free_slots, 4);
+        assert_eq!(s.load(true, None).free_slots, 0);
     }
 
     #[test]
     fn relay_failures_open_the_breaker_and_a_trial_closes_it() {
         let s = shard(4);
         for _ in 0..2 {
-            s.try_admit().unwrap().settle(false);
+            s.try_admit(None).unwrap().settle(false);
         }
-        let load = s.load(false);
+        let load = s.load(false, None);
         assert_eq!(load.breaker, BreakerState::Open);
         assert!(!load.healthy, "an open breaker reports the shard unhealthy");
         assert_eq!(load.free_slots, 0);
-        assert_eq!(s.try_admit().err(), Some(Refusal::CircuitOpen));
+        assert_eq!(s.try_admit(None).err(), Some(Refusal::CircuitOpen));
         assert_eq!(
-            s.load(false).inflight,
+            s.load(false, None).inflight,
             0,
             "a refused admission frees its slot"
         );
 
         // The health probe after the cool-down half-opens it: one trial slot.
         s.with_breaker(|b| b.on_probe(true, Instant::now()));
-        let load = s.load(false);
+        let load = s.load(false, None);
         assert_eq!((load.breaker, load.free_slots), (BreakerState::HalfOpen, 1));
-        let trial = s.try_admit().unwrap();
-        assert_eq!(s.try_admit().err(), Some(Refusal::CircuitOpen));
+        let trial = s.try_admit(None).unwrap();
+        assert_eq!(s.try_admit(None).err(), Some(Refusal::CircuitOpen));
         // A trial the gateway abandoned lets the next request try instead.
         drop(trial);
-        let mut trial = s.try_admit().unwrap();
+        let mut trial = s.try_admit(None).unwrap();
         trial.settle(true);
         trial.settle(false); // only the first verdict counts
         drop(trial);
-        let load = s.load(false);
+        let load = s.load(false, None);
         assert_eq!((load.breaker, load.free_slots), (BreakerState::Closed, 4));
     }
 }

@@ -15,7 +15,7 @@ use crate::server::NodeState;
 
 /// `GET /metrics`.
 pub async fn metrics(state: web::Data<NodeState>) -> HttpResponse {
-    let load = state.load();
+    let load = state.load(None);
     for s in &load.shards {
         let labels = [
             ("worker", load.worker_id.clone()),

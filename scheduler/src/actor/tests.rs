@@ -140,3 +140,28 @@ async fn streamed_output_moves_the_tenant_back_in_line() {
         "a was charged for its output: b goes first"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_first_in_line_ends_the_batch_window() {
+    let s = Scheduler::start(Settings {
+        batch_window: Duration::from_secs(3600),
+        ..settings(10)
+    });
+    let h = s.handle();
+    h.report("w".into(), one_slot("w"));
+    let running = h.submit(spec("l", Priority::Low)).await.unwrap();
+    let mut queued = Box::pin(h.submit(spec("l", Priority::Low)));
+    assert!(poll_once(&mut queued).await.is_none(), "the slot is taken");
+    // Freed while a request waits: the window opens to gather more.
+    drop(running);
+    assert!(poll_once(&mut queued).await.is_none(), "the window is open");
+    // Another low request is behind the waiting one: the window stays open.
+    let mut later = Box::pin(h.submit(spec("l", Priority::Low)));
+    assert!(poll_once(&mut later).await.is_none());
+    assert!(poll_once(&mut queued).await.is_none());
+    // A high request would be first in line: it ends the window and goes.
+    let mut high = Box::pin(h.submit(spec("h", Priority::High)));
+    let g = poll_once(&mut high).await.expect("granted at once");
+    assert_eq!(g.unwrap().shard.index, 0);
+    assert!(poll_once(&mut queued).await.is_none());
+}

@@ -49,7 +49,7 @@ fn policy_cost_of_one_decision_with_10k_queued_over_1k_tenants() {
     let start = Instant::now();
     for next in QUEUED..QUEUED + ROUNDS {
         let g = p.grant_next(next as u64).unwrap();
-        p.release(&g.shard);
+        p.release(&g.shard, next as u64);
         p.enqueue(next as u64, next as u64, spec(next), next as u64)
             .unwrap();
     }

@@ -260,10 +260,66 @@ fn releases_free_slots_and_reports_replace_one_worker_only() {
         p.enqueue(i, 0, normal("a"), i).unwrap();
     }
     assert_eq!(items(p.round(0, |_| true)), vec![1]);
-    p.release(&id(0));
+    p.release(&id(0), 0);
     assert_eq!(items(p.round(0, |_| true)), vec![2]);
     p.report(&"w".into(), vec![]);
     assert_eq!(p.stats(0).healthy_shards, 1);
+}
+
+/// A report as the worker takes it: `inflight` requests on a 4-slot shard,
+/// `own` of them this gateway's.
+fn report_of(inflight: u32, own: u32) -> Vec<ShardCapacity> {
+    vec![ShardCapacity {
+        inflight,
+        own_at_report: Some(own),
+        ..shard("w", 0, 4 - inflight)
+    }]
+}
+
+#[test]
+fn a_report_taken_before_a_release_leaves_no_slot_busy() {
+    let mut p = Policy::new(BOUNDS);
+    p.report(&"w".into(), report_of(0, 0));
+    for i in 1..=4 {
+        p.enqueue(i, 0, normal("a"), i).unwrap();
+    }
+    assert_eq!(items(p.round(0, |_| true)), vec![1, 2, 3, 4]);
+    // Request 1 ends; the report on its way was taken while it still ran.
+    p.release(&id(0), 0);
+    p.report(&"w".into(), report_of(4, 4));
+    p.enqueue(5, 0, normal("a"), 5).unwrap();
+    assert_eq!(
+        items(p.round(0, |_| true)),
+        vec![5],
+        "the freed slot is used"
+    );
+    assert!(p.round(0, |_| true).is_empty());
+    // A worker that does not tell the caller's share: its report is taken as it is.
+    p.release(&id(0), 0);
+    p.report(&"w".into(), vec![shard("w", 0, 0)]);
+    p.enqueue(6, 0, normal("a"), 6).unwrap();
+    assert!(p.round(0, |_| true).is_empty());
+}
+
+#[test]
+fn a_report_taken_before_a_grant_does_not_free_its_slot() {
+    let mut p = Policy::new(BOUNDS);
+    p.report(&"w".into(), report_of(2, 0));
+    for i in 1..=3 {
+        p.enqueue(i, 0, normal("a"), i).unwrap();
+    }
+    assert_eq!(items(p.round(0, |_| true)), vec![1, 2]);
+    // Taken before either grant reached the worker: 2 requests, none ours.
+    p.report(&"w".into(), report_of(2, 0));
+    assert!(p.round(0, |_| true).is_empty(), "our two are still on it");
+    // Another gateway's request ended; ours are now counted by the worker.
+    p.report(&"w".into(), report_of(3, 2));
+    assert_eq!(items(p.round(0, |_| true)), vec![3]);
+    // A busy answer: the request is not ours on the shard any more.
+    p.mark_full(&id(0));
+    p.report(&"w".into(), report_of(3, 2));
+    p.enqueue(4, 0, normal("a"), 4).unwrap();
+    assert_eq!(items(p.round(0, |_| true)), vec![4]);
 }
 
 #[test]
@@ -305,7 +361,7 @@ fn lower_classes_leave_slots_free_while_a_higher_class_is_active() {
     // Before any high request, low may fill the shard...
     p.enqueue(1, 0, spec("l", Priority::Low), 1).unwrap();
     assert_eq!(items(p.round(0, |_| true)), vec![1]);
-    p.release(&id(0));
+    p.release(&id(0), 0);
     // ...once one arrived, low leaves a slot free for the next.
     p.enqueue(2, 0, spec("h", Priority::High), 2).unwrap();
     assert_eq!(items(p.round(0, |_| true)), vec![2]);
@@ -329,7 +385,7 @@ fn lower_classes_leave_slots_free_while_a_higher_class_is_active() {
     p.enqueue(8, 20, spec("h", Priority::High), 8).unwrap();
     assert_eq!(items(p.round(20, |_| true)), vec![8]);
     // Its slot, freed, is still held while high is active...
-    p.release(&id(0));
+    p.release(&id(0), 0);
     assert!(p.round(500, |_| true).is_empty());
     // ...and goes to low once high has been quiet for the hold time.
     assert_eq!(items(p.round(1020, |_| true)), vec![5]);
@@ -392,4 +448,55 @@ fn a_prefix_shard_counts_the_reserve_too() {
     low.prefix = Some(7);
     p.enqueue(2, 0, low, 2).unwrap();
     assert_eq!(p.round(0, |_| true)[0].shard, id(1));
+}
+
+#[test]
+fn the_reserve_grows_to_cover_a_higher_class_s_bursts() {
+    let mut p = Policy::new(BOUNDS).with_reserve(Reserve {
+        slots: 1,
+        hold_ms: 60_000,
+    });
+    p.report(&"w".into(), one_shard(16, 16));
+    let low_keeps = |p: &Policy<u64>, now| p.stats(now).reserved[2].1;
+    let mut seq = 0;
+    let mut traffic = |p: &mut Policy<u64>, from: u64, high_every: u64| {
+        // For a second: one request ending every 10 ms, a high one arriving every `high_every`.
+        for t in (from..from + 1_000).step_by(10) {
+            if t % high_every == 0 {
+                seq += 1;
+                p.enqueue(seq, t, spec("vip", Priority::High), seq).unwrap();
+                assert_eq!(p.round(t, |_| true).len(), 1);
+            }
+            p.release(&id(0), t);
+        }
+    };
+    p.enqueue(1_000, 0, spec("vip", Priority::High), 0).unwrap();
+    assert_eq!(
+        low_keeps(&p, 0),
+        1,
+        "no completion rate yet: the configured minimum"
+    );
+    p.remove(1_000);
+
+    // Arrivals at a tenth of the completions: 3 held slots are all taken
+    // by a burst with probability 0.1^3 <= 0.002 < 0.1^2.
+    traffic(&mut p, 0, 100);
+    assert_eq!(low_keeps(&p, 1_000), 3);
+    // Arrivals as fast as completions: low keeps half the shard to itself.
+    traffic(&mut p, 1_000, 10);
+    assert_eq!(low_keeps(&p, 2_000), 8);
+    for i in 0..10 {
+        p.enqueue(2_000 + i, 2_000, spec("bulk", Priority::Low), i)
+            .unwrap();
+    }
+    assert_eq!(p.round(2_000, |_| true).len(), 8);
+    // High goes quiet: after the hold time nothing is held for it.
+    assert_eq!(low_keeps(&p, 62_000), 0);
+
+    // Holding can be turned off.
+    let off: Policy<u64> = Policy::new(BOUNDS).with_reserve(Reserve {
+        slots: 0,
+        hold_ms: 60_000,
+    });
+    assert_eq!(off.stats(0).reserved[2].1, 0);
 }

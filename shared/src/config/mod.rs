@@ -259,7 +259,8 @@ pub struct SchedulerConfig {
     pub queue_timeout: Duration,
     pub batch_window: Duration,
     /// Slots of each shard lower classes leave free while a higher class is
-    /// active (0: none). Never more than half a shard.
+    /// active, at least (more while its bursts need them; 0: none). Never
+    /// more than half a shard.
     pub reserved_slots: u32,
     /// How long after a class's last request it still counts as active.
     pub reserve_hold: Duration,
