@@ -344,6 +344,11 @@ fn stats_show_waits_and_counters_per_tenant_and_class() {
     );
 }
 
+/// A policy holding at least `slots` for an active higher class, for `hold_ms`.
+fn holding<T>(slots: u32, hold_ms: u64) -> Policy<T> {
+    Policy::new(BOUNDS).with_reserve(Reserve { slots, hold_ms })
+}
+
 fn one_shard(max: u32, free: u32) -> Vec<ShardCapacity> {
     vec![ShardCapacity {
         max_slots: max,
@@ -353,10 +358,7 @@ fn one_shard(max: u32, free: u32) -> Vec<ShardCapacity> {
 
 #[test]
 fn lower_classes_leave_slots_free_while_a_higher_class_is_active() {
-    let mut p = Policy::new(BOUNDS).with_reserve(Reserve {
-        slots: 1,
-        hold_ms: 1000,
-    });
+    let mut p = holding(1, 1000);
     p.report(&"w".into(), one_shard(4, 4));
     // Before any high request, low may fill the shard...
     p.enqueue(1, 0, spec("l", Priority::Low), 1).unwrap();
@@ -394,11 +396,7 @@ fn lower_classes_leave_slots_free_while_a_higher_class_is_active() {
 
 #[test]
 fn low_keeps_a_reserve_per_active_class_above_it_but_at_least_half_a_shard() {
-    let reserve = Reserve {
-        slots: 2,
-        hold_ms: 1000,
-    };
-    let mut p = Policy::new(BOUNDS).with_reserve(reserve);
+    let mut p = holding(2, 1000);
     p.report(&"w".into(), one_shard(12, 12));
     p.enqueue(1, 0, spec("h", Priority::High), 1).unwrap();
     p.enqueue(2, 0, spec("n", Priority::Normal), 2).unwrap();
@@ -416,10 +414,7 @@ fn low_keeps_a_reserve_per_active_class_above_it_but_at_least_half_a_shard() {
     assert_eq!(items(p.round(0, |_| true)), vec![13, 14]);
 
     // A reserve larger than half a shard is cut to half: low still gets work.
-    let mut p = Policy::new(BOUNDS).with_reserve(Reserve {
-        slots: 100,
-        hold_ms: 1000,
-    });
+    let mut p = holding(100, 1000);
     p.report(&"w".into(), one_shard(4, 4));
     p.enqueue(1, 0, spec("h", Priority::High), 1).unwrap();
     for seq in 2..6 {
@@ -430,10 +425,7 @@ fn low_keeps_a_reserve_per_active_class_above_it_but_at_least_half_a_shard() {
 
 #[test]
 fn a_prefix_shard_counts_the_reserve_too() {
-    let mut p = Policy::new(BOUNDS).with_reserve(Reserve {
-        slots: 1,
-        hold_ms: 1000,
-    });
+    let mut p = holding(1, 1000);
     let mut shards = one_shard(4, 1);
     shards.push(ShardCapacity {
         max_slots: 4,
@@ -452,10 +444,7 @@ fn a_prefix_shard_counts_the_reserve_too() {
 
 #[test]
 fn the_reserve_grows_to_cover_a_higher_class_s_bursts() {
-    let mut p = Policy::new(BOUNDS).with_reserve(Reserve {
-        slots: 1,
-        hold_ms: 60_000,
-    });
+    let mut p = holding(1, 60_000);
     p.report(&"w".into(), one_shard(16, 16));
     let low_keeps = |p: &Policy<u64>, now| p.stats(now).reserved[2].1;
     let mut seq = 0;
@@ -494,9 +483,6 @@ fn the_reserve_grows_to_cover_a_higher_class_s_bursts() {
     assert_eq!(low_keeps(&p, 62_000), 0);
 
     // Holding can be turned off.
-    let off: Policy<u64> = Policy::new(BOUNDS).with_reserve(Reserve {
-        slots: 0,
-        hold_ms: 60_000,
-    });
+    let off: Policy<u64> = holding(0, 60_000);
     assert_eq!(off.stats(0).reserved[2].1, 0);
 }
