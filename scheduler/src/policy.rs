@@ -18,6 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use tollgate_shared::config::Priority;
+use tollgate_shared::inflight::InFlight;
 
 use crate::fair::{CLASSES, FairQueue, Fairness, TenantView, class_index};
 use crate::shard::{ShardCapacity, ShardId, best_shard};
@@ -189,7 +190,7 @@ pub struct Policy<T> {
     queued_bytes: usize,
     shards: HashMap<ShardId, ShardCapacity>,
     /// This gateway's requests on each shard: granted, not yet released.
-    own: HashMap<ShardId, u32>,
+    own: InFlight<ShardId>,
     affinity: Affinity,
     reserve: Reserve,
     /// When a request of each class (high, normal, low) last arrived.
@@ -211,7 +212,7 @@ impl<T> Policy<T> {
             per_tenant: HashMap::new(),
             queued_bytes: 0,
             shards: HashMap::new(),
-            own: HashMap::new(),
+            own: InFlight::default(),
             affinity: Affinity::default(),
         }
     }
@@ -346,14 +347,14 @@ impl<T> Policy<T> {
     pub fn report(&mut self, worker: &Arc<str>, shards: Vec<ShardCapacity>) {
         self.shards.retain(|id, _| id.worker != *worker);
         for mut s in shards {
-            s.correct_own(self.own.get(&s.id).copied().unwrap_or(0));
+            s.correct_own(self.own.get(&s.id));
             self.shards.insert(s.id.clone(), s);
         }
     }
 
     /// The shard answered "busy": grant it nothing until its next report.
     pub fn mark_full(&mut self, id: &ShardId) {
-        self.uncount_own(id);
+        self.own.end(id);
         if let Some(s) = self.shards.get_mut(id) {
             s.free_slots = 0;
             // The request is not on the shard after all.
@@ -364,18 +365,9 @@ impl<T> Policy<T> {
     /// A granted request finished at `now_ms`: its slot is free again.
     pub fn release(&mut self, id: &ShardId, now_ms: u64) {
         self.completions.tick(now_ms);
-        self.uncount_own(id);
+        self.own.end(id);
         if let Some(s) = self.shards.get_mut(id) {
             s.give_back();
-        }
-    }
-
-    fn uncount_own(&mut self, id: &ShardId) {
-        if let Some(n) = self.own.get_mut(id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.own.remove(id);
-            }
         }
     }
 
@@ -424,7 +416,7 @@ impl<T> Policy<T> {
         if let Some(s) = self.shards.get_mut(&shard) {
             s.take_slot();
         }
-        *self.own.entry(shard.clone()).or_insert(0) += 1;
+        self.own.start(shard.clone());
         if let Some(p) = q.spec.prefix {
             self.affinity.remember(p, &shard);
         }
@@ -466,11 +458,10 @@ impl<T> Policy<T> {
                 counter: v.counter,
             })
             .collect();
-        // A shard lets a lower class use at least half its slots, whatever is held.
-        let half_shard = self
+        let most_held = self
             .shards
             .values()
-            .map(|s| s.max_slots / 2)
+            .map(ShardCapacity::most_held)
             .max()
             .unwrap_or(0);
         QueueStats {
@@ -486,7 +477,7 @@ impl<T> Policy<T> {
                 .map(|s| u64::from(s.free_slots))
                 .sum(),
             healthy_shards: self.shards.values().filter(|s| s.healthy).count(),
-            reserved: CLASSES.map(|p| (p, self.keep_free(p, now_ms).min(half_shard))),
+            reserved: CLASSES.map(|p| (p, self.keep_free(p, now_ms).min(most_held))),
         }
     }
 }

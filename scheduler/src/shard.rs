@@ -99,11 +99,17 @@ impl ShardCapacity {
         self.has_room_keeping(0)
     }
 
+    /// The most slots a shard holds for higher classes: a lower class may
+    /// always use at least half of it.
+    pub fn most_held(&self) -> u32 {
+        self.max_slots / 2
+    }
+
     /// Room for a request that must leave `keep` slots free (held for higher
-    /// classes). A shard always lets a lower class use at least half its slots.
+    /// classes), at most [`ShardCapacity::most_held`] of them.
     pub fn has_room_keeping(&self, keep: u32) -> bool {
         self.healthy
-            && self.free_slots > keep.min(self.max_slots / 2)
+            && self.free_slots > keep.min(self.most_held())
             && self.kv_cache_usage.is_finite()
             && self.kv_cache_usage < KV_HOLDBACK
     }

@@ -6,6 +6,7 @@
 //! - `worker_api`: the internal gateway ↔ worker API
 //! - `breaker`: the circuit breaker state machine (pure)
 //! - `ids`: request ids (W3C trace ids) and `traceparent`
+//! - `inflight`: requests in flight per key
 //! - `telemetry`: logs, OTLP traces and the Prometheus recorder, set up once
 //! - `store`: the Redis access layer
 //! - `testing`: a real redis-server per test (feature `test-support`)
@@ -13,6 +14,7 @@
 pub mod breaker;
 pub mod config;
 pub mod ids;
+pub mod inflight;
 pub mod openai;
 pub mod secret;
 pub mod store;

@@ -3,7 +3,6 @@
 //! breaker that relay failures open and a health probe plus one trial
 //! request close again.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tollgate_shared::breaker::{Admit, Breaker, BreakerConfig, BreakerState, Transition};
+use tollgate_shared::inflight::InFlight;
 use tollgate_shared::worker_api::ShardLoad;
 
 use crate::vllm_metrics;
@@ -23,7 +23,7 @@ pub struct Shard {
     inflight: AtomicU32,
     /// In-flight requests per gateway that named itself, so each gateway can
     /// tell its own requests from the others' in a load report.
-    by_gateway: Mutex<HashMap<Arc<str>, u32>>,
+    by_gateway: Mutex<InFlight<Arc<str>>>,
     healthy: AtomicBool,
     running: AtomicU32,
     waiting: AtomicU32,
@@ -76,8 +76,8 @@ impl Drop for Permit {
                 Transition::None
             });
         }
-        if let Some(g) = &self.gateway {
-            self.shard.count_gateway(g, false);
+        if let (Some(g), Ok(mut m)) = (&self.gateway, self.shard.by_gateway.lock()) {
+            m.end(g);
         }
         self.shard.inflight.fetch_sub(1, Ordering::AcqRel);
         self.shard.freed.notify_waiters();
@@ -91,7 +91,7 @@ impl Shard {
             url: url.trim_end_matches('/').to_owned(),
             max_inflight,
             inflight: AtomicU32::new(0),
-            by_gateway: Mutex::new(HashMap::new()),
+            by_gateway: Mutex::new(InFlight::default()),
             healthy: AtomicBool::new(false),
             running: AtomicU32::new(0),
             waiting: AtomicU32::new(0),
@@ -153,8 +153,8 @@ impl Shard {
             })
             .map_err(|_| Refusal::Busy)?;
         // The slot is taken first so a refused breaker never strands a trial.
-        if let Some(g) = gateway {
-            self.count_gateway(g, true);
+        if let (Some(g), Ok(mut m)) = (gateway, self.by_gateway.lock()) {
+            m.start(g.clone());
         }
         let mut permit = Permit {
             shard: self.clone(),
@@ -178,22 +178,6 @@ impl Shard {
                 // Not a verdict: dropping the permit only frees the slot.
                 permit.settled = true;
                 Err(Refusal::CircuitOpen)
-            }
-        }
-    }
-
-    /// One more (or one fewer) request of `gateway` in flight; a gateway with
-    /// none is forgotten, so the map holds at most `max_inflight` entries.
-    fn count_gateway(&self, gateway: &Arc<str>, up: bool) {
-        let Ok(mut m) = self.by_gateway.lock() else {
-            return;
-        };
-        if up {
-            *m.entry(gateway.clone()).or_insert(0) += 1;
-        } else if let Some(n) = m.get_mut(gateway) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(gateway);
             }
         }
     }
@@ -235,8 +219,7 @@ impl Shard {
         // before freeing the slot, so the caller's count never exceeds `inflight`.
         let counts = self.by_gateway.lock().ok();
         let inflight = self.inflight.load(Ordering::Acquire);
-        let caller_inflight =
-            gateway.map(|g| counts.as_ref().and_then(|m| m.get(g).copied()).unwrap_or(0));
+        let caller_inflight = gateway.map(|g| counts.as_ref().map_or(0, |m| m.get(g)));
         drop(counts);
         let (breaker, breaker_room) = self
             .breaker
@@ -433,9 +416,10 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(of(Some("g1")), (2, Some(0)));
-        assert!(
-            s.by_gateway.lock().unwrap().get("g1").is_none(),
-            "forgotten at zero"
+        assert_eq!(
+            s.by_gateway.lock().unwrap().keys(),
+            1,
+            "g1 is forgotten at zero"
         );
     }
 
