@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate_scheduler::{Bounds, Reserve, Scheduler, SchedulerHandle, Settings};
 use tollgate_shared::config::{Config, RedisFailureMode};
 use tollgate_shared::store::Redis;
+use tollgate_shared::worker_api::local::LocalLink;
 
 use crate::audit::{Audit, AuditWriter};
 use crate::auth::backoff::Logins;
@@ -80,8 +81,14 @@ impl Drop for GatewayRuntime {
 /// How often the pool asks each worker for its load.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Builds the gateway on `listener`. The returned server must be awaited by the caller.
-pub fn start(config: Config, listener: TcpListener) -> Result<(GatewayRuntime, Server), String> {
+/// Builds the gateway on `listener`; `local` is a worker in this process
+/// (listed in `gateway.workers` by its URL), reached without HTTP. The
+/// returned server must be awaited by the caller.
+pub fn start(
+    config: Config,
+    listener: TcpListener,
+    local: Option<LocalLink>,
+) -> Result<(GatewayRuntime, Server), String> {
     let config = Arc::new(config);
     let tokens = TokenService::new(&config.auth)?;
     let cluster_secret = config
@@ -144,7 +151,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<(GatewayRuntime, S
             hold_ms: config.scheduler.reserve_hold.as_millis() as u64,
         },
     });
-    let pool = Arc::new(Pool::new(cluster_secret, scheduler.handle())?);
+    let pool = Arc::new(Pool::new(cluster_secret, scheduler.handle(), local)?);
     let stop = CancellationToken::new();
     // Static workers plus, with Redis, the registered ones; one poller each.
     let pollers = vec![crate::discovery::spawn(

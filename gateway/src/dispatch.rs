@@ -14,13 +14,13 @@ use tracing::Instrument;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::pool::{Pool, SendError};
+use crate::pool::{Pool, SendError, Upstream};
 use crate::telemetry::Observe;
 use crate::validate::Plan;
 
 /// A response from vLLM together with the slot it occupies.
 pub struct Dispatched {
-    pub response: reqwest::Response,
+    pub response: Upstream,
     pub grant: Grant,
     /// Time spent waiting in the queue, requeues included.
     pub queued: Duration,
@@ -118,9 +118,9 @@ pub async fn dispatch(
             .instrument(stage)
             .await
         {
-            Ok(response) if response.status().is_server_error() && !retried => {
+            Ok(response) if response.status.is_server_error() && !retried => {
                 // Nothing was generated: as good as unsent. The answer is dropped.
-                format!("vLLM answered {}", response.status())
+                format!("vLLM answered {}", response.status)
             }
             Ok(response) => {
                 return Ok(Dispatched {

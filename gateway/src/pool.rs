@@ -16,12 +16,15 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tollgate_scheduler::{SchedulerHandle, ShardCapacity, ShardId};
 use tollgate_shared::breaker::{Admit, Breaker, BreakerConfig, BreakerState, Transition};
+use tollgate_shared::http;
 use tollgate_shared::ids::RequestId;
 use tollgate_shared::secret::Secret;
+use tollgate_shared::worker_api::local::{Body, BodyBroken, Dispatch, LocalLink, Relayed};
 use tollgate_shared::worker_api::{
     Endpoint, GATEWAY_ID_HEADER, LOAD_PATH, REQUEST_ID_HEADER, ShardLoad, TRACEPARENT_HEADER,
     WORKER_ERROR_HEADER, WorkerErrorKind, WorkerLoad, dispatch_path,
@@ -36,6 +39,46 @@ const POLL_TIMEOUT: Duration = Duration::from_secs(1);
 const RECENT: Duration = Duration::from_secs(1);
 /// How long a shard that failed before the first byte gets no new grant.
 pub const SHARD_PENALTY: Duration = Duration::from_millis(500);
+
+/// vLLM's answer as the worker passed it on, over HTTP or in-process.
+pub struct Upstream {
+    pub status: reqwest::StatusCode,
+    pub body: Body,
+}
+
+impl Upstream {
+    fn from_http(resp: reqwest::Response) -> Upstream {
+        Upstream {
+            status: resp.status(),
+            body: Box::pin(resp.bytes_stream().map(|r| r.map_err(|_| BodyBroken))),
+        }
+    }
+
+    fn from_local(r: Relayed) -> Upstream {
+        Upstream {
+            status: reqwest::StatusCode::from_u16(r.status)
+                .unwrap_or(reqwest::StatusCode::BAD_GATEWAY),
+            body: r.body,
+        }
+    }
+
+    /// The whole body.
+    pub async fn bytes(mut self) -> Result<Bytes, BodyBroken> {
+        // The usual answer is one chunk: passed on without a copy.
+        let Some(first) = self.body.next().await.transpose()? else {
+            return Ok(Bytes::new());
+        };
+        let Some(second) = self.body.next().await.transpose()? else {
+            return Ok(first);
+        };
+        let mut out = bytes::BytesMut::from(&first[..]);
+        out.extend_from_slice(&second);
+        while let Some(chunk) = self.body.next().await.transpose()? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
+    }
+}
 
 /// Why a dispatch did not reach vLLM.
 #[derive(Debug)]
@@ -74,7 +117,6 @@ pub struct WorkerView {
 }
 
 pub struct Pool {
-    http: reqwest::Client,
     /// Names this gateway to workers, which then report its own share of each
     /// shard's in-flight requests (see [`ShardCapacity::own_at_report`]).
     id: String,
@@ -82,23 +124,25 @@ pub struct Pool {
     scheduler: SchedulerHandle,
     breaker: BreakerConfig,
     workers: RwLock<HashMap<Arc<str>, Tracked>>,
+    /// A worker in this process, reached by a call instead of HTTP.
+    local: Option<LocalLink>,
 }
 
 impl Pool {
-    pub fn new(secret: Secret, scheduler: SchedulerHandle) -> Result<Pool, String> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| e.to_string())?;
+    pub fn new(
+        secret: Secret,
+        scheduler: SchedulerHandle,
+        local: Option<LocalLink>,
+    ) -> Result<Pool, String> {
+        // Fails here, at start, rather than on the first request.
+        http::internal().map_err(|e| e.to_string())?;
         Ok(Pool {
-            http,
             id: uuid::Uuid::new_v4().simple().to_string(),
             secret,
             scheduler,
             breaker: BreakerConfig::default(),
             workers: RwLock::new(HashMap::new()),
+            local,
         })
     }
 
@@ -185,9 +229,17 @@ impl Pool {
         self.scheduler.report(url.clone(), caps);
     }
 
+    /// The worker at `url` when it lives in this process.
+    fn local(&self, url: &str) -> Option<&LocalLink> {
+        self.local.as_ref().filter(|l| &*l.url == url)
+    }
+
     async fn poll(&self, url: &str) -> Result<WorkerLoad, String> {
-        let resp = self
-            .http
+        if let Some(l) = self.local(url) {
+            return Ok(l.worker.load(&self.id));
+        }
+        let resp = http::internal()
+            .map_err(|e| e.to_string())?
             .get(format!("{url}{LOAD_PATH}"))
             .bearer_auth(self.secret.expose())
             .header(GATEWAY_ID_HEADER, &self.id)
@@ -314,7 +366,7 @@ impl Pool {
         endpoint: Endpoint,
         body: Bytes,
         request_id: RequestId,
-    ) -> Result<reqwest::Response, SendError> {
+    ) -> Result<Upstream, SendError> {
         let trial = match self.admit(&shard.worker) {
             Admit::Yes => false,
             Admit::Trial => true,
@@ -330,8 +382,58 @@ impl Pool {
             worker: &shard.worker,
             armed: trial,
         };
-        let sent = self
-            .http
+        let sent = match self.local(&shard.worker) {
+            Some(l) => {
+                let d = Dispatch {
+                    shard: shard.index,
+                    endpoint,
+                    body,
+                    gateway: self.id.as_str().into(),
+                    request_id: request_id.to_string(),
+                    traceparent: crate::telemetry::traceparent(request_id),
+                };
+                Ok(l.worker
+                    .dispatch(d)
+                    .await
+                    .map(Upstream::from_local)
+                    .map_err(|r| r.kind))
+            }
+            None => self.send_http(shard, endpoint, body, request_id).await,
+        };
+        pending.armed = false;
+        let answer = match sent {
+            Ok(a) => a,
+            Err(e) => {
+                self.settle(&shard.worker, trial, false);
+                return Err(SendError::Unavailable(e));
+            }
+        };
+        // The worker answered: it is reachable, whatever it said.
+        self.settle(&shard.worker, trial, true);
+        match answer {
+            Ok(upstream) => Ok(upstream),
+            Err(WorkerErrorKind::Busy | WorkerErrorKind::Draining) => Err(SendError::Busy),
+            Err(WorkerErrorKind::Unauthorized) => {
+                tracing::error!(worker = %shard.worker, "worker refused the cluster credential: check cluster.secret");
+                Err(SendError::Unavailable("cluster credential refused".into()))
+            }
+            Err(k @ (WorkerErrorKind::ShardUnavailable | WorkerErrorKind::UnknownShard)) => {
+                Err(SendError::Unavailable(k.as_str().into()))
+            }
+        }
+    }
+
+    /// A dispatch over the internal HTTP API: `Err` when the worker could not
+    /// be reached, else its answer or the error it raised itself.
+    async fn send_http(
+        &self,
+        shard: &ShardId,
+        endpoint: Endpoint,
+        body: Bytes,
+        request_id: RequestId,
+    ) -> Result<Result<Upstream, WorkerErrorKind>, String> {
+        let http = http::internal().map_err(|e| e.to_string())?;
+        let resp = http
             .post(format!(
                 "{}{}",
                 shard.worker,
@@ -347,33 +449,17 @@ impl Pool {
             )
             .body(body)
             .send()
-            .await;
-        pending.armed = false;
-        let resp = match sent {
-            Ok(r) => r,
-            Err(e) => {
-                self.settle(&shard.worker, trial, false);
-                return Err(SendError::Unavailable(e.to_string()));
-            }
-        };
+            .await
+            .map_err(|e| e.to_string())?;
         let kind = resp
             .headers()
             .get(WORKER_ERROR_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(WorkerErrorKind::parse);
-        // The worker answered: it is reachable, whatever it said.
-        self.settle(&shard.worker, trial, true);
-        match kind {
-            None => Ok(resp),
-            Some(WorkerErrorKind::Busy | WorkerErrorKind::Draining) => Err(SendError::Busy),
-            Some(WorkerErrorKind::Unauthorized) => {
-                tracing::error!(worker = %shard.worker, "worker refused the cluster credential: check cluster.secret");
-                Err(SendError::Unavailable("cluster credential refused".into()))
-            }
-            Some(k @ (WorkerErrorKind::ShardUnavailable | WorkerErrorKind::UnknownShard)) => {
-                Err(SendError::Unavailable(k.as_str().into()))
-            }
-        }
+        Ok(match kind {
+            None => Ok(Upstream::from_http(resp)),
+            Some(k) => Err(k),
+        })
     }
 }
 

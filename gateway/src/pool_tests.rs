@@ -120,7 +120,7 @@ async fn a_report_that_goes_stale_withdraws_the_workers_capacity() {
         reserve: tollgate_scheduler::Reserve::default(),
     });
     let handle = scheduler.handle();
-    let pool = Arc::new(Pool::new(Secret::new("s".repeat(32)), handle.clone()).unwrap());
+    let pool = Arc::new(Pool::new(Secret::new("s".repeat(32)), handle.clone(), None).unwrap());
     let url: Arc<str> = worker_that_hangs_after_one_report().await.into();
     pool.track(&url);
     let stop = CancellationToken::new();

@@ -11,8 +11,10 @@ use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 use tollgate_scheduler::Lease;
 use tollgate_shared::openai::{ErrorEnvelope, Usage};
+use tollgate_shared::worker_api::local::BodyBroken;
 
 use crate::error::ApiError;
+use crate::pool::Upstream;
 
 /// How a request ended, for the log (and later, metering and audit).
 #[derive(Debug, Default, Clone)]
@@ -40,9 +42,12 @@ impl Outcome {
 }
 
 /// Turns a non-2xx vLLM answer into the client's error.
-pub async fn upstream_error(resp: reqwest::Response) -> ApiError {
-    let status = resp.status().as_u16();
-    let message = match resp.json::<ErrorEnvelope>().await {
+pub async fn upstream_error(resp: Upstream) -> ApiError {
+    let status = resp.status.as_u16();
+    let Ok(body) = resp.bytes().await else {
+        return ApiError::UpstreamFailed;
+    };
+    let message = match serde_json::from_slice::<ErrorEnvelope>(&body) {
         Ok(env) => env.error.message,
         Err(_) => return ApiError::UpstreamFailed,
     };
@@ -58,7 +63,7 @@ pub async fn upstream_error(resp: reqwest::Response) -> ApiError {
 
 /// A complete (non-streamed) answer: the body as vLLM gave it.
 pub async fn whole(
-    resp: reqwest::Response,
+    resp: Upstream,
     lease: Lease,
     deadline: Instant,
 ) -> Result<(Bytes, Outcome), ApiError> {
@@ -95,10 +100,10 @@ pub async fn whole(
 /// Output tokens between two charges to the scheduler while a stream runs.
 const OUTPUT_CHARGE_STEP: u64 = 16;
 
-type Upstream = Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
+type Events = Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<BodyBroken>>> + Send>>;
 
 struct Relay {
-    upstream: Upstream,
+    upstream: Events,
     lease: Option<Lease>,
     /// Output tokens already charged to the tenant's fair share.
     charged: u64,
@@ -237,14 +242,14 @@ impl Relay {
 
 /// The client's SSE stream. `on_end` runs once, when the stream ends or is dropped.
 pub fn stream(
-    resp: reqwest::Response,
+    resp: Upstream,
     lease: Lease,
     client_wants_usage: bool,
     deadline: Instant,
     on_end: Box<dyn FnOnce(Outcome) + Send>,
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>> {
     let relay = Relay {
-        upstream: Box::pin(resp.bytes_stream().eventsource()),
+        upstream: Box::pin(resp.body.eventsource()),
         lease: Some(lease),
         charged: 0,
         client_wants_usage,
@@ -275,7 +280,7 @@ impl Drop for DropGuard {
 mod tests {
     use super::*;
 
-    fn event(data: &str) -> Result<Event, EventStreamError<reqwest::Error>> {
+    fn event(data: &str) -> Result<Event, EventStreamError<BodyBroken>> {
         Ok(Event {
             event: "message".into(),
             data: data.into(),

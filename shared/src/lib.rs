@@ -7,12 +7,14 @@
 //! - `breaker`: the circuit breaker state machine (pure)
 //! - `ids`: request ids (W3C trace ids) and `traceparent`
 //! - `inflight`: requests in flight per key
+//! - `http`: the client of internal hops, one per thread
 //! - `telemetry`: logs, OTLP traces and the Prometheus recorder, set up once
 //! - `store`: the Redis access layer
 //! - `testing`: a real redis-server per test (feature `test-support`)
 
 pub mod breaker;
 pub mod config;
+pub mod http;
 pub mod ids;
 pub mod inflight;
 pub mod openai;

@@ -162,3 +162,67 @@ pub mod registry {
         pub shards: u32,
     }
 }
+
+/// A worker in the gateway's own process (`tollgate up`): the gateway calls
+/// it instead of crossing loopback HTTP to it. Admission, the shard's
+/// breaker, the relay to vLLM and its span are the worker's, exactly as for
+/// a dispatch over HTTP; only the gateway ↔ worker hop (its serialisation,
+/// sockets and cluster credential, which guards a network boundary that is
+/// not there) is left out.
+pub mod local {
+    use std::pin::Pin;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use futures::Stream;
+    use futures::future::BoxFuture;
+
+    use super::{Endpoint, WorkerErrorKind, WorkerLoad};
+
+    /// vLLM's answer broke off mid-body.
+    #[derive(Debug, thiserror::Error)]
+    #[error("the model server's answer broke off")]
+    pub struct BodyBroken;
+
+    /// An answer's body as it arrives.
+    pub type Body = Pin<Box<dyn Stream<Item = Result<Bytes, BodyBroken>> + Send>>;
+
+    /// vLLM's answer as the worker passes it on: its status and its body,
+    /// which holds the shard's slot until it has been read to its end or dropped.
+    pub struct Relayed {
+        pub status: u16,
+        pub body: Body,
+    }
+
+    /// Why the worker refused or failed a dispatch, as its HTTP API would say.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Refused {
+        pub kind: WorkerErrorKind,
+        pub message: &'static str,
+    }
+
+    /// One dispatch: what the HTTP API carries in its path, headers and body.
+    pub struct Dispatch {
+        pub shard: u32,
+        pub endpoint: Endpoint,
+        pub body: Bytes,
+        /// The calling gateway (its own share of load reports).
+        pub gateway: Arc<str>,
+        pub request_id: String,
+        pub traceparent: String,
+    }
+
+    pub trait LocalWorker: Send + Sync {
+        /// The load report, telling `gateway` its own share.
+        fn load(&self, gateway: &str) -> WorkerLoad;
+        /// Admits and relays one request (the worker's dispatch route, called directly).
+        fn dispatch(&self, d: Dispatch) -> BoxFuture<'static, Result<Relayed, Refused>>;
+    }
+
+    /// A local worker and the URL the gateway's pool knows it by.
+    #[derive(Clone)]
+    pub struct LocalLink {
+        pub url: Arc<str>,
+        pub worker: Arc<dyn LocalWorker>,
+    }
+}

@@ -29,7 +29,7 @@ pub async fn run(path: Option<&Path>, args: GatewayArgs) -> CmdResult {
     let grace = config.shutdown_grace;
     let listener = bind(config.gateway.listen)?;
     let addr = listener.local_addr()?;
-    let (runtime, server) = tollgate_gateway::start(config, listener)
+    let (runtime, server) = tollgate_gateway::start(config, listener, None)
         .map_err(|e| Failure::Other(anyhow::anyhow!(e)))?;
     tracing::info!(role = "gateway", addr = %addr, "listening");
     let result = serve_until_signal(vec![Running::spawn("gateway", server)], grace, || {}).await;

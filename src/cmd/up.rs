@@ -199,12 +199,19 @@ pub async fn run(path: Option<&Path>, args: UpArgs) -> CmdResult {
         worker_listener,
     )?;
     tracing::info!(role = "worker", addr = %worker_addr, shards = node.shard_count(), "listening");
-    config.gateway.workers = vec![format!("http://{worker_addr}")];
+    let worker_url = format!("http://{worker_addr}");
+    config.gateway.workers = vec![worker_url.clone()];
+    // The gateway calls this worker directly; its HTTP server stays up for
+    // its probes and `/metrics`, as a separate worker's would.
+    let local = tollgate_shared::worker_api::local::LocalLink {
+        url: worker_url.into(),
+        worker: node.local(),
+    };
 
     let grace = config.shutdown_grace;
     let gateway_listener = bind(config.gateway.listen)?;
     let gateway_addr = gateway_listener.local_addr()?;
-    let (runtime, gateway_server) = tollgate_gateway::start(config, gateway_listener)
+    let (runtime, gateway_server) = tollgate_gateway::start(config, gateway_listener, Some(local))
         .map_err(|e| Failure::Other(anyhow::anyhow!(e)))?;
     tracing::info!(role = "gateway", addr = %gateway_addr, "listening");
     announce(gateway_addr, &args.state_dir, demo.as_ref())?;

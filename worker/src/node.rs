@@ -145,6 +145,11 @@ impl WorkerNode {
         }
     }
 
+    /// The node as a gateway in this process reaches it, without HTTP.
+    pub fn local(&self) -> Arc<dyn tollgate_shared::worker_api::local::LocalWorker> {
+        Arc::new(crate::local::Local(self.state.clone()))
+    }
+
     pub fn shard_count(&self) -> usize {
         self.state.shards.len()
     }

@@ -10,15 +10,13 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use actix_web::HttpResponse;
-use actix_web::http::StatusCode;
 use bytes::Bytes;
 use futures::Stream;
+use tollgate_shared::worker_api::local::{BodyBroken, Refused};
 use tollgate_shared::worker_api::{
     Endpoint, REQUEST_ID_HEADER, TRACEPARENT_HEADER, WorkerErrorKind,
 };
 
-use crate::server::worker_error;
 use crate::shard::Permit;
 use crate::shard::Shard;
 
@@ -28,18 +26,40 @@ pub struct Forwarded {
     pub traceparent: Option<String>,
 }
 
+/// vLLM's answer on its way back: status, content type and the body, which
+/// holds the shard's slot.
+pub struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Watched,
+}
+
 /// Sends `body` to the shard's vLLM and streams its answer back. The permit
 /// is held until the answer's last byte has been passed on (or dropped).
 pub async fn relay(
-    http: &reqwest::Client,
     shard: &Shard,
     mut permit: Permit,
     endpoint: Endpoint,
     body: Bytes,
     fwd: Forwarded,
-) -> HttpResponse {
+) -> Result<Answer, Refused> {
+    let http = tollgate_shared::http::internal().map_err(|e| {
+        // Not the shard's fault: its breaker hears nothing.
+        tracing::error!(error = %e, "no HTTP client for vLLM");
+        Refused {
+            kind: WorkerErrorKind::ShardUnavailable,
+            message: "the worker could not build its HTTP client",
+        }
+    })?;
+    let Some(target) = shard.target(endpoint) else {
+        permit.settle(false);
+        return Err(Refused {
+            kind: WorkerErrorKind::ShardUnavailable,
+            message: "the shard's vLLM URL is not a valid URL",
+        });
+    };
     let mut req = http
-        .post(format!("{}/v1/{}", shard.url, endpoint.suffix()))
+        .post(target)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body);
     if let Some(id) = fwd.request_id {
@@ -53,19 +73,18 @@ pub async fn relay(
         Err(e) => {
             tracing::warn!(shard = shard.index, error = %e, "vLLM unreachable");
             permit.settle(false);
-            return worker_error(
-                WorkerErrorKind::ShardUnavailable,
-                "the shard's vLLM server could not be reached",
-            );
+            return Err(Refused {
+                kind: WorkerErrorKind::ShardUnavailable,
+                message: "the shard's vLLM server could not be reached",
+            });
         }
     };
-    let status =
-        StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    if status.is_server_error() {
+    let status = upstream.status().as_u16();
+    if upstream.status().is_server_error() {
         // vLLM failed before producing anything; its error answer is still passed on.
         tracing::warn!(
             shard = shard.index,
-            status = status.as_u16(),
+            status,
             "vLLM answered with a server error"
         );
         permit.settle(false);
@@ -76,29 +95,29 @@ pub async fn relay(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_owned();
-    let stream = Watched {
-        inner: Box::pin(upstream.bytes_stream()),
-        permit,
-        shard: shard.index,
-    };
-    HttpResponse::build(status)
-        .content_type(content_type)
-        .insert_header(("cache-control", "no-cache"))
-        .streaming(stream)
+    Ok(Answer {
+        status,
+        content_type,
+        body: Watched {
+            inner: Box::pin(upstream.bytes_stream()),
+            permit,
+            shard: shard.index,
+        },
+    })
 }
 
 type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
 /// vLLM's answer on its way through. It holds the permit (the slot is busy
 /// until the answer is done) and settles it when the answer ends or breaks.
-struct Watched {
+pub struct Watched {
     inner: Upstream,
     permit: Permit,
     shard: u32,
 }
 
 impl Stream for Watched {
-    type Item = Result<Bytes, actix_web::Error>;
+    type Item = Result<Bytes, BodyBroken>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.inner.as_mut().poll_next(cx) {
@@ -107,9 +126,7 @@ impl Stream for Watched {
             Poll::Ready(Some(Err(e))) => {
                 tracing::warn!(shard = self.shard, error = %e, "vLLM stream broke");
                 self.permit.settle(false);
-                Poll::Ready(Some(Err(actix_web::error::ErrorBadGateway(
-                    "upstream stream broke",
-                ))))
+                Poll::Ready(Some(Err(BodyBroken)))
             }
             Poll::Ready(None) => {
                 self.permit.settle(true);

@@ -13,7 +13,9 @@ use tollgate_shared::worker_api::{
     WORKER_ERROR_HEADER, WorkerErrorKind, WorkerLoad,
 };
 
-use crate::relay::{Forwarded, relay};
+use tollgate_shared::worker_api::local::Refused;
+
+use crate::relay::{Answer, Forwarded, relay};
 use crate::shard::{Refusal, Shard};
 
 /// Largest dispatch body accepted; the gateway enforces its own, smaller limit on clients.
@@ -63,17 +65,21 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: Arc<NodeState>) {
 
 /// An error the worker raises itself (as opposed to one relayed from vLLM).
 pub fn worker_error(kind: WorkerErrorKind, message: &str) -> HttpResponse {
-    let status = match kind {
-        WorkerErrorKind::Busy | WorkerErrorKind::Draining => StatusCode::SERVICE_UNAVAILABLE,
-        WorkerErrorKind::ShardUnavailable => StatusCode::BAD_GATEWAY,
-        WorkerErrorKind::UnknownShard => StatusCode::NOT_FOUND,
-        WorkerErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
-    };
-    HttpResponse::build(status)
+    HttpResponse::build(status_of(kind))
         .insert_header((WORKER_ERROR_HEADER, kind.as_str()))
         .json(serde_json::json!({
             "error": {"message": message, "type": "worker_error", "param": null, "code": kind.as_str()}
         }))
+}
+
+/// The HTTP status of a worker's own error.
+pub fn status_of(kind: WorkerErrorKind) -> StatusCode {
+    match kind {
+        WorkerErrorKind::Busy | WorkerErrorKind::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        WorkerErrorKind::ShardUnavailable => StatusCode::BAD_GATEWAY,
+        WorkerErrorKind::UnknownShard => StatusCode::NOT_FOUND,
+        WorkerErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+    }
 }
 
 fn authorized(req: &HttpRequest, secret: &Secret) -> bool {
@@ -104,51 +110,104 @@ async fn dispatch(
         );
     }
     let (index, endpoint) = path.into_inner();
-    let (Some(shard), Some(endpoint)) =
-        (state.shards.get(index as usize), Endpoint::parse(&endpoint))
-    else {
+    let Some(endpoint) = Endpoint::parse(&endpoint) else {
         return worker_error(
             WorkerErrorKind::UnknownShard,
             "no such shard or endpoint on this worker",
         );
     };
-    if state.draining.load(Ordering::Acquire) {
-        return worker_error(WorkerErrorKind::Draining, "the worker is shutting down");
-    }
-    if !shard.healthy() {
-        return worker_error(WorkerErrorKind::ShardUnavailable, "the shard is unhealthy");
-    }
-    let gateway = gateway_id(&req).map(Arc::<str>::from);
-    let permit = match shard.admit_within(BUSY_GRACE, gateway.as_ref()).await {
-        Ok(p) => p,
-        Err(Refusal::Busy) => {
-            return worker_error(WorkerErrorKind::Busy, "the shard is at its in-flight limit");
-        }
-        Err(Refusal::CircuitOpen) => {
-            return worker_error(
-                WorkerErrorKind::ShardUnavailable,
-                "the shard's circuit breaker is open",
-            );
-        }
-    };
-    // A child of the gateway's span; vLLM gets this span's traceparent.
-    let span = crate::telemetry::dispatch_span(
-        header(&req, TRACEPARENT_HEADER).as_deref(),
-        &state.id,
-        shard.index,
-        endpoint.suffix(),
-    );
     let fwd = Forwarded {
         request_id: header(&req, REQUEST_ID_HEADER),
-        traceparent: tollgate_shared::telemetry::traceparent(&span)
-            .or_else(|| header(&req, TRACEPARENT_HEADER)),
+        traceparent: header(&req, TRACEPARENT_HEADER),
     };
-    let resp = tracing::Instrument::instrument(
-        relay(&state.http, shard, permit, endpoint, body, fwd),
-        span.clone(),
-    )
-    .await;
-    crate::telemetry::traced(resp, span)
+    let gateway = gateway_id(&req).map(Arc::<str>::from);
+    match state.dispatch(index, endpoint, body, gateway, fwd).await {
+        Ok((answer, span)) => {
+            let resp = HttpResponse::build(
+                StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY),
+            )
+            .content_type(answer.content_type)
+            .insert_header(("cache-control", "no-cache"))
+            .streaming(answer.body);
+            crate::telemetry::traced(resp, span)
+        }
+        Err(r) => worker_error(r.kind, r.message),
+    }
+}
+
+impl NodeState {
+    /// One dispatch, over HTTP or in-process: admission on the shard (waiting
+    /// up to [`BUSY_GRACE`] for a slot being handed on), then the relay in
+    /// its own span, a child of the caller's `traceparent`. The span is
+    /// returned with the answer: it lasts until the answer is passed on.
+    pub async fn dispatch(
+        &self,
+        index: u32,
+        endpoint: Endpoint,
+        body: Bytes,
+        gateway: Option<Arc<str>>,
+        fwd: Forwarded,
+    ) -> Result<(Answer, tracing::Span), Refused> {
+        let Some(shard) = self.shards.get(index as usize) else {
+            return Err(Refused {
+                kind: WorkerErrorKind::UnknownShard,
+                message: "no such shard or endpoint on this worker",
+            });
+        };
+        if self.draining.load(Ordering::Acquire) {
+            return Err(Refused {
+                kind: WorkerErrorKind::Draining,
+                message: "the worker is shutting down",
+            });
+        }
+        if !shard.healthy() {
+            return Err(Refused {
+                kind: WorkerErrorKind::ShardUnavailable,
+                message: "the shard is unhealthy",
+            });
+        }
+        let permit = match shard.admit_within(BUSY_GRACE, gateway.as_ref()).await {
+            Ok(p) => p,
+            Err(Refusal::Busy) => {
+                return Err(Refused {
+                    kind: WorkerErrorKind::Busy,
+                    message: "the shard is at its in-flight limit",
+                });
+            }
+            Err(Refusal::CircuitOpen) => {
+                return Err(Refused {
+                    kind: WorkerErrorKind::ShardUnavailable,
+                    message: "the shard's circuit breaker is open",
+                });
+            }
+        };
+        let span = crate::telemetry::dispatch_span(
+            fwd.traceparent.as_deref(),
+            &self.id,
+            shard.index,
+            endpoint.suffix(),
+        );
+        // vLLM gets this span's traceparent (its spans are children of the worker's).
+        let fwd = Forwarded {
+            traceparent: tollgate_shared::telemetry::traceparent(&span).or(fwd.traceparent),
+            request_id: fwd.request_id,
+        };
+        let answer = tracing::Instrument::instrument(
+            relay(shard, permit, endpoint, body, fwd),
+            span.clone(),
+        )
+        .await;
+        match answer {
+            Ok(a) => {
+                crate::telemetry::answered(&span, a.status);
+                Ok((a, span))
+            }
+            Err(r) => {
+                crate::telemetry::answered(&span, status_of(r.kind).as_u16());
+                Err(r)
+            }
+        }
+    }
 }
 
 async fn load(req: HttpRequest, state: web::Data<NodeState>) -> HttpResponse {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tollgate_shared::breaker::{Admit, Breaker, BreakerConfig, BreakerState, Transition};
 use tollgate_shared::inflight::InFlight;
+use tollgate_shared::worker_api::Endpoint;
 use tollgate_shared::worker_api::ShardLoad;
 
 use crate::vllm_metrics;
@@ -19,6 +20,9 @@ pub struct Shard {
     pub index: u32,
     /// Base URL of the vLLM server, without a trailing slash.
     pub url: String,
+    /// vLLM's chat and completions URLs, parsed once (a parse per request
+    /// showed in profiles); `None` if `url` does not parse.
+    targets: Option<[reqwest::Url; 2]>,
     max_inflight: u32,
     inflight: AtomicU32,
     /// In-flight requests per gateway that named itself, so each gateway can
@@ -86,9 +90,13 @@ impl Drop for Permit {
 
 impl Shard {
     pub fn new(index: u32, url: &str, max_inflight: u32, breaker: BreakerConfig) -> Arc<Shard> {
+        let url = url.trim_end_matches('/').to_owned();
+        let target = |e: Endpoint| reqwest::Url::parse(&format!("{url}/v1/{}", e.suffix())).ok();
+        let targets = target(Endpoint::ChatCompletions).zip(target(Endpoint::Completions));
         Arc::new(Shard {
             index,
-            url: url.trim_end_matches('/').to_owned(),
+            targets: targets.map(|(c, t)| [c, t]),
+            url,
             max_inflight,
             inflight: AtomicU32::new(0),
             by_gateway: Mutex::new(InFlight::default()),
@@ -102,6 +110,15 @@ impl Shard {
             model: Mutex::new(None),
             breaker: Mutex::new(Breaker::new(breaker)),
             freed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Where `endpoint` is on this shard's vLLM.
+    pub fn target(&self, endpoint: Endpoint) -> Option<reqwest::Url> {
+        let [chat, completions] = self.targets.as_ref()?;
+        Some(match endpoint {
+            Endpoint::ChatCompletions => chat.clone(),
+            Endpoint::Completions => completions.clone(),
         })
     }
 

@@ -51,13 +51,16 @@ pub fn dispatch_span(
     span
 }
 
-/// `resp`, with `span` kept open until its body is done (or dropped).
-pub fn traced(resp: HttpResponse, span: tracing::Span) -> HttpResponse {
-    let status = resp.status();
-    span.record("http.response.status_code", status.as_u16());
-    if status.is_server_error() {
+/// Notes on a dispatch's span how the worker answered.
+pub fn answered(span: &tracing::Span, status: u16) {
+    span.record("http.response.status_code", status);
+    if status >= 500 {
         span.record("otel.status_code", "error");
     }
+}
+
+/// `resp`, with `span` kept open until its body is done (or dropped).
+pub fn traced(resp: HttpResponse, span: tracing::Span) -> HttpResponse {
     resp.map_body(|_, body| BoxBody::new(Traced { body, _span: span }))
 }
 

@@ -126,7 +126,7 @@ pub async fn generate(
     let d = dispatch_by(gw.get_ref(), &caller, &plan, request_id, deadline)
         .instrument(genai.clone())
         .await?;
-    if !d.response.status().is_success() {
+    if !d.response.status.is_success() {
         return Err(relay::upstream_error(d.response).await);
     }
     caller.mark_split("queue", d.queued, "dispatch");
@@ -198,7 +198,7 @@ async fn serve(
         let (end, relay_parent) = (obs.clone(), genai.clone());
         let start = async move {
             let d = dispatch_by(&gw, &caller, &plan, request_id, deadline).await?;
-            if !d.response.status().is_success() {
+            if !d.response.status.is_success() {
                 return Err(relay::upstream_error(d.response).await);
             }
             caller.mark("dispatch");
@@ -226,7 +226,7 @@ async fn serve(
     let d = dispatch_by(gw, &caller, &plan, request_id, deadline)
         .instrument(genai.clone())
         .await?;
-    if !d.response.status().is_success() {
+    if !d.response.status.is_success() {
         return Err(relay::upstream_error(d.response).await);
     }
     // Queue wait, then dispatch until the model server's answer starts.
@@ -327,9 +327,16 @@ async fn dispatch_by(
     .map_err(|_| ApiError::UpstreamTimeout)?
 }
 
+/// A debug line per request (`TOLLGATE_LOG=debug`). The request's record
+/// of account is its audit record, which holds all of this and more; a log
+/// line per request at the default level would cost every request a second
+/// JSON document and a write to stderr.
 fn log_outcome(caller: &Caller, route: &str, started: Instant, outcome: &Outcome) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     let usage = outcome.usage.unwrap_or_default();
-    tracing::info!(
+    tracing::debug!(
         client_id = %caller.client_id,
         tenant = %caller.tenant,
         route,
