@@ -84,8 +84,7 @@ pub async fn whole(
     }
     let tail: Tail = serde_json::from_slice(&body).map_err(|_| ApiError::UpstreamFailed)?;
     // The tenant's fair share pays for the output (2 units a token) before the slot is freed.
-    lease.charge_output(tail.usage.map_or(0, |u| u.completion_tokens));
-    drop(lease);
+    lease.end(tail.usage.map_or(0, |u| u.completion_tokens));
     let outcome = Outcome {
         usage: tail.usage,
         finish_reason: tail.choices.into_iter().find_map(|c| c.finish_reason),
@@ -118,7 +117,7 @@ impl Relay {
     fn finish(&mut self) {
         self.done = true;
         if let Some(lease) = self.lease.take() {
-            lease.charge_output(self.outcome.content_chunks - self.charged);
+            lease.end(self.outcome.content_chunks - self.charged);
         }
         if let Some(f) = self.on_end.take() {
             f(std::mem::take(&mut self.outcome));

@@ -1,16 +1,27 @@
-//! The scheduler actor: one task owns the [`Policy`]; gateways talk to it
-//! through a [`SchedulerHandle`]. A [`Ticket`] waits for a grant; dropping it
-//! (the client left) takes the request out of the queue. A [`Lease`] holds a
-//! shard slot; dropping it (the request ended) frees the slot.
+//! The scheduler: one [`Policy`] behind a lock, driven by its callers. A
+//! [`Ticket`] waits for a grant; dropping it (the client left) takes the
+//! request out of the queue. A [`Lease`] holds a shard slot; dropping it
+//! (the request ended) frees the slot.
+//!
+//! Every event (a request arrives or leaves, a slot frees, a report comes)
+//! is applied by the thread that caused it, and the round that follows is
+//! run there too: a request that finds room is granted before `submit`
+//! returns, with no hop to another thread. One task only keeps time: when
+//! capacity frees while requests wait, it runs the round at the end of the
+//! batch window (see [`Core::after`]).
+//!
+//! The lock is never held across an await, and nothing that takes it runs
+//! while it is held: grants whose ticket was dropped meanwhile come back
+//! from the round and are dropped (freeing their slots) after unlocking.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -30,6 +41,8 @@ enum Msg {
     },
     Release {
         shard: ShardId,
+        /// Output tokens not charged yet, with the request they belong to.
+        output: Option<(JobSpec, u64)>,
     },
     Busy {
         seq: u64,
@@ -45,7 +58,6 @@ enum Msg {
         spec: JobSpec,
         tokens: u64,
     },
-    Stats(oneshot::Sender<QueueStats>),
 }
 
 /// Why a request got no shard.
@@ -71,22 +83,31 @@ pub struct Settings {
     pub reserve: Reserve,
 }
 
-/// Owns the scheduler task; dropping it stops the task.
+/// Owns the scheduler's timer task; dropping it stops the scheduler.
 pub struct Scheduler {
     handle: SchedulerHandle,
     task: JoinHandle<()>,
 }
 
 impl Scheduler {
-    /// Spawns the actor on the current tokio runtime.
+    /// Spawns the timer task on the current tokio runtime.
     pub fn start(settings: Settings) -> Scheduler {
-        let (tx, rx) = mpsc::unbounded_channel();
         let policy = Policy::new(settings.bounds).with_reserve(settings.reserve);
-        // The task is owned by `Scheduler` and aborted when it is dropped.
-        let task = tokio::spawn(run(rx, tx.clone(), policy, settings.batch_window));
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core {
+                policy,
+                window_until: None,
+                closed: false,
+            }),
+            settings,
+            origin: Instant::now(),
+            timer: Notify::new(),
+        });
+        // Owned by `Scheduler` and aborted when it is dropped.
+        let task = tokio::spawn(keep_time(shared.clone()));
         Scheduler {
             handle: SchedulerHandle {
-                tx,
+                shared,
                 next_seq: Arc::new(AtomicU64::new(1)),
             },
             task,
@@ -101,53 +122,110 @@ impl Scheduler {
 impl Drop for Scheduler {
     fn drop(&mut self) {
         self.task.abort();
+        // Waiting requests (their replies are dropped with the old policy)
+        // and later ones are told the scheduler has stopped.
+        let s = &self.handle.shared;
+        let fresh = Policy::new(s.settings.bounds);
+        let old = match s.core.lock() {
+            Ok(mut c) => {
+                c.closed = true;
+                c.window_until = None;
+                Some(std::mem::replace(&mut c.policy, fresh))
+            }
+            Err(_) => None,
+        };
+        drop(old);
     }
 }
 
-async fn run(
-    mut rx: mpsc::UnboundedReceiver<Msg>,
-    tx: mpsc::UnboundedSender<Msg>,
-    mut policy: Policy<Reply>,
-    window: Duration,
-) {
-    let origin = Instant::now();
-    let now_ms = || origin.elapsed().as_millis() as u64;
-    while let Some(msg) = rx.recv().await {
+struct Shared {
+    core: Mutex<Core>,
+    settings: Settings,
+    origin: Instant,
+    /// Wakes the timer task when a batch window opens.
+    timer: Notify,
+}
+
+struct Core {
+    policy: Policy<Reply>,
+    /// The end of the batch window now open, if one is.
+    window_until: Option<Instant>,
+    /// The scheduler was dropped: new requests are refused.
+    closed: bool,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// Applies one event and runs the round it calls for, under the lock;
+    /// grants refused by a gone ticket are dropped after it.
+    fn handle(self: &Arc<Self>, msg: Msg) {
+        let now_ms = self.now_ms();
+        let returned = match self.core.lock() {
+            Ok(mut c) => c.handle(msg, now_ms, self),
+            // A panic while the lock was held left the policy unknown:
+            // grant nothing more (waiting requests time out).
+            Err(_) => {
+                tracing::error!("the scheduler's state is lost; no more grants");
+                Vec::new()
+            }
+        };
+        drop(returned);
+    }
+}
+
+impl Core {
+    fn handle(&mut self, msg: Msg, now_ms: u64, shared: &Arc<Shared>) -> Vec<Grant> {
+        if self.closed {
+            if let Msg::Submit { reply, .. } | Msg::Busy { reply, .. } = msg {
+                let _ = reply.send(Err(Rejected::Closed));
+            }
+            return Vec::new();
+        }
         // Requests already waiting means the fleet is saturated: let freed
         // capacity gather for a moment so one round hands it out in order.
         // A request that would be first in line ends the wait: nothing it
         // could be ordered against is waiting, so waiting would only delay it.
-        let waiting = !policy.is_empty();
-        let mut urgent = jumps_the_line(&policy, &msg);
-        let mut freed = apply(&mut policy, msg, now_ms());
-        while let Ok(msg) = rx.try_recv() {
-            urgent |= jumps_the_line(&policy, &msg);
-            freed |= apply(&mut policy, msg, now_ms());
-        }
-        if waiting && freed && !urgent && !window.is_zero() {
-            let until = Instant::now() + window;
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until) => break,
-                    msg = rx.recv() => match msg {
-                        Some(m) => {
-                            let urgent = jumps_the_line(&policy, &m);
-                            apply(&mut policy, m, now_ms());
-                            if urgent {
-                                break;
-                            }
-                        }
-                        None => return,
-                    },
-                }
+        let waiting = !self.policy.is_empty();
+        let urgent =
+            matches!(&msg, Msg::Submit { spec, .. } if self.policy.first_in_line(spec.priority));
+        let freed = apply(&mut self.policy, msg, now_ms);
+        match self.window_until {
+            Some(_) if !urgent => return Vec::new(),
+            Some(_) => self.window_until = None,
+            None if waiting && freed && !shared.settings.batch_window.is_zero() => {
+                self.window_until = Some(Instant::now() + shared.settings.batch_window);
+                shared.timer.notify_one();
+                return Vec::new();
             }
+            None => {}
         }
-        for g in policy.round(now_ms(), |reply| !reply.is_closed()) {
+        self.round(now_ms, shared)
+    }
+
+    /// The round a batch window held back, once the window has ended.
+    fn after(&mut self, now: Instant, now_ms: u64, shared: &Arc<Shared>) -> Vec<Grant> {
+        match self.window_until {
+            Some(end) if end <= now => {
+                self.window_until = None;
+                self.round(now_ms, shared)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Hands out what fits; returns the grants whose ticket is gone, to be
+    /// dropped (freeing their slots) once the lock is released.
+    fn round(&mut self, now_ms: u64, shared: &Arc<Shared>) -> Vec<Grant> {
+        let mut returned = Vec::new();
+        for g in self.policy.round(now_ms, |reply| !reply.is_closed()) {
             let lease = Lease {
                 shard: g.shard.clone(),
                 seq: g.seq,
                 spec: g.spec,
-                tx: tx.clone(),
+                shared: shared.clone(),
                 armed: true,
             };
             let grant = Grant {
@@ -155,18 +233,36 @@ async fn run(
                 lease,
                 queued: Duration::from_millis(g.waited_ms),
             };
-            // If the client left just now, the grant comes back and dropping it frees the slot.
-            let _ = g.item.send(Ok(grant));
+            // The client left just now: the grant comes back.
+            if let Err(Ok(grant)) = g.item.send(Ok(grant)) {
+                returned.push(grant);
+            }
         }
+        returned
     }
 }
 
-/// Whether `msg` is a new request that would be first in line (see `run`).
-fn jumps_the_line(policy: &Policy<Reply>, msg: &Msg) -> bool {
-    matches!(msg, Msg::Submit { spec, .. } if policy.first_in_line(spec.priority))
+/// Runs the round at the end of each batch window.
+async fn keep_time(shared: Arc<Shared>) {
+    loop {
+        let until = shared.core.lock().ok().and_then(|c| c.window_until);
+        match until {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => {
+                shared.timer.notified().await;
+                continue;
+            }
+        }
+        let now_ms = shared.now_ms();
+        let returned = match shared.core.lock() {
+            Ok(mut c) => c.after(Instant::now(), now_ms, &shared),
+            Err(_) => return,
+        };
+        drop(returned);
+    }
 }
 
-/// Applies one message; tells whether it freed capacity.
+/// Applies one event; tells whether it freed capacity.
 fn apply(policy: &mut Policy<Reply>, msg: Msg, now_ms: u64) -> bool {
     match msg {
         Msg::Submit { seq, spec, reply } => {
@@ -189,7 +285,10 @@ fn apply(policy: &mut Policy<Reply>, msg: Msg, now_ms: u64) -> bool {
             policy.remove(seq);
             false
         }
-        Msg::Release { shard } => {
+        Msg::Release { shard, output } => {
+            if let Some((spec, tokens)) = output {
+                policy.charge_output(&spec, tokens);
+            }
             policy.release(&shard, now_ms);
             true
         }
@@ -211,43 +310,39 @@ fn apply(policy: &mut Policy<Reply>, msg: Msg, now_ms: u64) -> bool {
             policy.charge_output(&spec, tokens);
             false
         }
-        Msg::Stats(reply) => {
-            let _ = reply.send(policy.stats(now_ms));
-            false
-        }
     }
 }
 
 /// How gateways talk to the scheduler. Cheap to clone.
 #[derive(Clone)]
 pub struct SchedulerHandle {
-    tx: mpsc::UnboundedSender<Msg>,
+    shared: Arc<Shared>,
     next_seq: Arc<AtomicU64>,
 }
 
 impl SchedulerHandle {
-    /// Queues a request. The ticket resolves to a grant; dropping it withdraws the request.
+    /// Queues a request. The ticket resolves to a grant (already, when there
+    /// was room); dropping it withdraws the request.
     pub fn submit(&self, spec: JobSpec) -> Ticket {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let (reply, rx) = oneshot::channel();
-        let _ = self.tx.send(Msg::Submit { seq, spec, reply });
+        self.shared.handle(Msg::Submit { seq, spec, reply });
         Ticket {
             seq,
             rx,
-            tx: self.tx.clone(),
+            shared: self.shared.clone(),
             settled: false,
         }
     }
 
     /// Replaces what is known of `worker`'s shards.
     pub fn report(&self, worker: Arc<str>, shards: Vec<ShardCapacity>) {
-        let _ = self.tx.send(Msg::Report { worker, shards });
+        self.shared.handle(Msg::Report { worker, shards });
     }
 
     pub async fn stats(&self) -> Option<QueueStats> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Msg::Stats(reply)).ok()?;
-        rx.await.ok()
+        let now_ms = self.shared.now_ms();
+        self.shared.core.lock().ok().map(|c| c.policy.stats(now_ms))
     }
 }
 
@@ -255,7 +350,7 @@ impl SchedulerHandle {
 pub struct Ticket {
     seq: u64,
     rx: oneshot::Receiver<Result<Grant, Rejected>>,
-    tx: mpsc::UnboundedSender<Msg>,
+    shared: Arc<Shared>,
     settled: bool,
 }
 
@@ -276,9 +371,13 @@ impl Future for Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.settled {
-            // Withdraw from the queue; a grant already in flight is dropped with
-            // the receiver, and its lease frees the slot.
-            let _ = self.tx.send(Msg::Cancel { seq: self.seq });
+            // Withdraw from the queue. A grant sent before this is dropped
+            // with the receiver, and its lease frees the slot; one sent
+            // after it comes back from the round and is dropped there.
+            self.rx.close();
+            if self.rx.try_recv().is_err() {
+                self.shared.handle(Msg::Cancel { seq: self.seq });
+            }
         }
     }
 }
@@ -296,7 +395,7 @@ pub struct Lease {
     shard: ShardId,
     seq: u64,
     spec: JobSpec,
-    tx: mpsc::UnboundedSender<Msg>,
+    shared: Arc<Shared>,
     armed: bool,
 }
 
@@ -305,14 +404,28 @@ impl Lease {
         &self.shard
     }
 
+    fn send(&self, msg: Msg) {
+        self.shared.handle(msg);
+    }
+
     /// Output tokens streamed for this request: charged to its tenant's fair share.
     pub fn charge_output(&self, tokens: u64) {
         if tokens > 0 {
-            let _ = self.tx.send(Msg::Output {
+            self.send(Msg::Output {
                 spec: self.spec.clone(),
                 tokens,
             });
         }
+    }
+
+    /// The request ended having produced `tokens` output tokens not charged
+    /// yet: one step charges them and frees the slot.
+    pub fn end(mut self, tokens: u64) {
+        self.armed = false;
+        self.send(Msg::Release {
+            shard: self.shard.clone(),
+            output: (tokens > 0).then(|| (self.spec.clone(), tokens)),
+        });
     }
 
     /// The shard answered "busy" before doing anything: give the slot back,
@@ -320,7 +433,8 @@ impl Lease {
     pub fn busy(mut self) -> Ticket {
         self.armed = false;
         let (reply, rx) = oneshot::channel();
-        let _ = self.tx.send(Msg::Busy {
+        let shared = self.shared.clone();
+        shared.handle(Msg::Busy {
             seq: self.seq,
             spec: self.spec.clone(),
             shard: self.shard.clone(),
@@ -329,7 +443,7 @@ impl Lease {
         Ticket {
             seq: self.seq,
             rx,
-            tx: self.tx.clone(),
+            shared,
             settled: false,
         }
     }
@@ -338,8 +452,9 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.tx.send(Msg::Release {
+            self.send(Msg::Release {
                 shard: self.shard.clone(),
+                output: None,
             });
         }
     }

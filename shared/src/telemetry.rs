@@ -71,6 +71,35 @@ pub fn init_logging(default_level: &str) {
 /// What `init` set up; [`Telemetry::shutdown`] flushes the spans still buffered.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    /// Folds histogram samples into their buckets; aborted on drop.
+    upkeep: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(t) = self.upkeep.take() {
+            t.abort();
+        }
+    }
+}
+
+/// How often histogram samples are folded into their buckets. The recorder
+/// keeps every sample recorded since the last fold: without a periodic fold
+/// a process nobody scrapes grows by every sample of every request.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds histogram samples into buckets every [`UPKEEP_EVERY`], on the current runtime.
+fn spawn_upkeep() -> Option<tokio::task::JoinHandle<()>> {
+    let handle = PROMETHEUS.get()?.clone();
+    // Owned by `Telemetry`, which aborts it when dropped.
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(UPKEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    }))
 }
 
 impl Telemetry {
@@ -83,8 +112,8 @@ impl Telemetry {
     /// blocks its caller until the collector answered and gRPC needs this
     /// runtime to do it, so the flush runs on a blocking thread (called on
     /// actix's single-threaded runtime directly, it would deadlock).
-    pub async fn shutdown(self) {
-        let Some(provider) = self.provider else {
+    pub async fn shutdown(mut self) {
+        let Some(provider) = self.provider.take() else {
             return;
         };
         let flushed =
@@ -122,7 +151,10 @@ pub fn init(cfg: &TelemetryConfig, role: &str) -> Result<Telemetry, String> {
         .with(traces)
         .try_init()
         .map_err(|e| format!("telemetry: {e}"))?;
-    Ok(Telemetry { provider })
+    Ok(Telemetry {
+        provider,
+        upkeep: spawn_upkeep(),
+    })
 }
 
 fn provider(
