@@ -4,9 +4,10 @@
 //! Every hash and check runs in the working memory of one of a few
 //! [`Slots`], allocated once at start-up and reused. A fresh 19 MiB block a
 //! check is what the argon2 crate's own hasher and verifier would allocate:
-//! glibc then raises its mmap threshold past that size and serves the next
-//! ones from per-thread arenas, which keep them; a few hundred failed logins
-//! grew a gateway by a gigabyte.
+//! after the first is freed glibc raises its mmap threshold past that size
+//! and serves the next ones from the heap, where they fragment and are never
+//! given back; a few hundred failed logins grew a gateway by a gigabyte
+//! (docs/memory.md).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
