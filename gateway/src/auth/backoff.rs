@@ -6,18 +6,18 @@
 //! from its own address, is never locked out for good.
 //!
 //! Parallel guesses: a check runs only inside one of the few argon2 slots
-//! (one per core), and the wait is checked after the slot is taken, so at most
-//! one slot's worth of attempts per replica can be in flight past a count.
+//! (one per core, see `secret::Slots`), and the wait is checked after the
+//! slot is taken, so at most one slot's worth of attempts per replica can be
+//! in flight past a count.
 //!
 //! The policy is pure ([`Policy`], [`waiting`], [`failed`]); counts live in
-//! Redis when configured (so all replicas share them) or in memory.
+//! Redis when configured (so all replicas share them, each key expiring) or
+//! in memory, in a table of fixed size (see [`make_room`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{Semaphore, SemaphorePermit};
 use tollgate_shared::store::{Redis, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,19 +116,55 @@ end
 return 0
 ";
 
-/// Bound on the in-memory table; past it, forgotten keys are swept first.
+/// Bound on the in-memory table: about 60 bytes a key, 6 MB when full.
 const MAX_MEMORY_KEYS: usize = 100_000;
 
+/// A key of the in-memory table: a digest of its Redis name, so an entry has
+/// one small fixed size whatever address or id it counts.
+type MemoryKey = [u8; 16];
+
+fn memory_key(key: &str) -> MemoryKey {
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&Sha256::digest(key.as_bytes())[..16]);
+    k
+}
+
+/// Makes room for two more keys when the table is at `cap`. Every key is
+/// presented by whoever asks for a token, so the table must not grow with
+/// them. First the forgotten keys go; if that is not enough, down to 90 % of
+/// `cap`, those with no wait running, least recent first, and only then (a
+/// flood of failures within a minute) the least recent waiting ones. An
+/// evicted key starts again from zero: to clear a count of their own an
+/// attacker must fail a check for each of `cap` other keys first.
+fn make_room(map: &mut HashMap<MemoryKey, Count>, now_ms: u64, cap: usize) {
+    if map.len() + 2 <= cap {
+        return;
+    }
+    let forget_ms = PAIR.forget_ms.min(ADDRESS.forget_ms);
+    map.retain(|_, c| now_ms.saturating_sub(c.last_ms) < forget_ms);
+    let keep = cap * 9 / 10;
+    if map.len() <= keep {
+        return;
+    }
+    let excess = map.len() - keep;
+    let mut order: Vec<(bool, u64, MemoryKey)> = map
+        .iter()
+        .map(|(k, c)| (c.until_ms > now_ms, c.last_ms, *k))
+        .collect();
+    order.select_nth_unstable(excess - 1);
+    for (_, _, k) in &order[..excess] {
+        map.remove(k);
+    }
+}
+
 enum Store {
-    Memory(Mutex<HashMap<String, Count>>),
+    Memory(Mutex<HashMap<MemoryKey, Count>>),
     Redis { redis: Redis, failed: redis::Script },
 }
 
-/// The token endpoint's guard: failure counting and a bound on concurrent
-/// argon2 work (each check holds ~19 MiB for ~25 ms).
+/// The token endpoint's guard: failure counting.
 pub struct Logins {
     store: Store,
-    hashing: Semaphore,
 }
 
 /// Keys never carry the presented id itself (any string an attacker likes);
@@ -145,7 +181,6 @@ fn poisoned() -> StoreError {
 
 impl Logins {
     pub fn new(redis: Option<Redis>) -> Logins {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Logins {
             store: match redis {
                 Some(redis) => Store::Redis {
@@ -154,7 +189,6 @@ impl Logins {
                 },
                 None => Store::Memory(Mutex::new(HashMap::new())),
             },
-            hashing: Semaphore::new(cores),
         }
     }
 
@@ -169,7 +203,7 @@ impl Logins {
         let (p, a) = match &self.store {
             Store::Memory(map) => {
                 let map = map.lock().map_err(|_| poisoned())?;
-                let get = |k: &str| map.get(k).copied().unwrap_or_default();
+                let get = |k: &str| map.get(&memory_key(k)).copied().unwrap_or_default();
                 (get(&pair), get(&address))
             }
             Store::Redis { redis, .. } => {
@@ -200,10 +234,9 @@ impl Logins {
         match &self.store {
             Store::Memory(map) => {
                 let mut map = map.lock().map_err(|_| poisoned())?;
-                if map.len() > MAX_MEMORY_KEYS {
-                    map.retain(|_, c| now_ms.saturating_sub(c.last_ms) < PAIR.forget_ms);
-                }
+                make_room(&mut map, now_ms, MAX_MEMORY_KEYS);
                 for (key, policy) in [(pair, PAIR), (address, ADDRESS)] {
+                    let key = memory_key(&key);
                     let c = map.get(&key).copied().unwrap_or_default();
                     map.insert(key, failed(&policy, c, now_ms));
                 }
@@ -228,21 +261,15 @@ impl Logins {
         let (pair, _) = keys(client_id, ip);
         match &self.store {
             Store::Memory(map) => {
-                map.lock().map_err(|_| poisoned())?.remove(&pair);
+                map.lock()
+                    .map_err(|_| poisoned())?
+                    .remove(&memory_key(&pair));
                 Ok(())
             }
             Store::Redis { redis, .. } => {
                 redis.query(redis::cmd("DEL").arg(redis.key(&pair))).await
             }
         }
-    }
-
-    /// A slot for one argon2 check, or None when the machine is saturated for `patience`.
-    pub async fn hashing_slot(&self, patience: Duration) -> Option<SemaphorePermit<'_>> {
-        tokio::time::timeout(patience, self.hashing.acquire())
-            .await
-            .ok()?
-            .ok()
     }
 }
 
@@ -335,6 +362,39 @@ mod tests {
             logins.check("fresh-id", "10.0.0.9", now).await.unwrap(),
             Err(1)
         );
+    }
+
+    #[test]
+    fn the_memory_table_stays_under_its_cap_and_keeps_running_waits() {
+        let cap = 1_000;
+        let mut map = HashMap::new();
+        let mut now = 10_000_000;
+        // A victim's pair, slowed down, then a flood of distinct keys (ids,
+        // addresses) each failing once, a few a millisecond.
+        let victim = memory_key("login:{10.0.0.1}:victim");
+        let mut c = Count::default();
+        for _ in 0..8 {
+            c = failed(&PAIR, c, now);
+        }
+        map.insert(victim, c);
+        for i in 0..20 * cap {
+            make_room(&mut map, now, cap);
+            let key = memory_key(&format!("login:{{10.1.{}.{}}}:*", i / 250, i % 250));
+            let c = map.get(&key).copied().unwrap_or_default();
+            map.insert(key, failed(&ADDRESS, c, now));
+            assert!(map.len() <= cap, "{} keys", map.len());
+            now += (i % 4 == 0) as u64;
+        }
+        assert_eq!(
+            map.get(&victim).map(|c| c.failures),
+            Some(8),
+            "a running wait outlives the flood"
+        );
+        // Past its wait and forgotten, the victim's key may go like any other.
+        now += PAIR.forget_ms;
+        let full = map.len();
+        make_room(&mut map, now, full);
+        assert!(!map.contains_key(&victim));
     }
 
     #[tokio::test]

@@ -83,11 +83,16 @@ async fn token_verification_cost_per_request() {
 #[test]
 #[ignore = "benchmark: run on demand with --ignored"]
 fn argon2_check_cost() {
-    let hash = secret::hash("bench-secret-0123456789").unwrap();
+    let mut memory = secret::Memory::new();
+    let hash = secret::hash("bench-secret-0123456789", &mut memory).unwrap();
     let n = 40;
     let t = Instant::now();
     for _ in 0..n {
-        assert!(secret::verify("bench-secret-0123456789", &hash));
+        assert!(secret::verify(
+            "bench-secret-0123456789",
+            &hash,
+            &mut memory
+        ));
     }
     let each = t.elapsed() / n;
     println!(

@@ -2,6 +2,8 @@
 //! of one record under the rules of `model`. Secrets are generated here,
 //! returned once to the caller and stored only as a hash.
 
+use std::time::Duration;
+
 use tollgate_shared::config::Scope;
 
 use super::jwt::now_secs;
@@ -30,9 +32,20 @@ fn no_client(id: &str) -> ApiError {
     ApiError::ResourceNotFound(format!("no client `{id}`"))
 }
 
-/// argon2 is slow on purpose: off the async executor.
-async fn hash(secret: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || secret::hash(&secret))
+/// How long an admin change waits for an argon2 slot.
+const HASHING_PATIENCE: Duration = Duration::from_secs(5);
+
+/// argon2 is slow on purpose: off the async executor, in one of the
+/// registry's slots (it shares them with the token endpoint).
+async fn hash(reg: &Registry, secret: String) -> Result<String, ApiError> {
+    let mut slot = reg
+        .hashing_slot(HASHING_PATIENCE)
+        .await
+        .ok_or(ApiError::Overloaded {
+            message: "every password hashing slot is busy; try again",
+            retry_after_secs: 1,
+        })?;
+    tokio::task::spawn_blocking(move || secret::hash(&secret, slot.memory()))
         .await
         .map_err(|e| ApiError::Internal(format!("hashing task: {e}")))?
         .map_err(|e| ApiError::Internal(format!("hashing a secret: {e}")))
@@ -105,7 +118,7 @@ pub async fn create_client(
     }
     let id = new.id.clone().unwrap_or_else(generated_id);
     let secret = secret::generate();
-    let secret_hash = hash(secret.clone()).await?;
+    let secret_hash = hash(reg, secret.clone()).await?;
     let (_, stored) = reg
         .update(Kind::Client, &id, |current: Option<&ClientRecord>| {
             if current.is_some_and(|c| !c.deleted) {
@@ -155,7 +168,7 @@ pub async fn rotate_secret(reg: &Registry, id: &str) -> Result<Shown<ClientRecor
         return Err(no_client(id));
     }
     let secret = secret::generate();
-    let secret_hash = hash(secret.clone()).await?;
+    let secret_hash = hash(reg, secret.clone()).await?;
     let (_, stored) = reg
         .update(Kind::Client, id, |current: Option<&ClientRecord>| {
             let c = current

@@ -21,7 +21,7 @@ use tollgate_shared::config::{
 use tollgate_shared::store::{Redis, StoreError};
 
 use super::model::{ClientRecord, TenantRecord};
-use super::secret;
+use super::secret::{self, Memory, Slots};
 use super::shared_store::SharedStore;
 use crate::error::ApiError;
 
@@ -131,6 +131,8 @@ pub struct Registry {
     /// Verified against for unknown ids, so that an unknown id and a wrong
     /// secret cost the same time and get the same answer.
     dummy_hash: String,
+    /// Where every argon2 hash and check of this registry runs.
+    hashing: Slots,
 }
 
 /// Why a registry check refused a token's holder.
@@ -167,6 +169,8 @@ impl Registry {
         redis: Option<Redis>,
         now: u64,
     ) -> Result<Registry, String> {
+        let hashing = Slots::per_core();
+        let mut slot = hashing.try_take().ok_or("no argon2 slot at start-up")?;
         let mut seeds = Vec::new();
         for t in tenants {
             let record = TenantRecord {
@@ -182,7 +186,7 @@ impl Registry {
         }
         for c in clients {
             let secret_hash = match &c.credential {
-                ClientCredential::Secret(s) => secret::hash(s.expose())?,
+                ClientCredential::Secret(s) => secret::hash(s.expose(), slot.memory())?,
                 ClientCredential::Hash(h) => h.clone(),
             };
             let record = ClientRecord {
@@ -199,6 +203,8 @@ impl Registry {
             };
             seeds.push((Kind::Client, c.id.clone(), json(&record)?));
         }
+        let dummy_hash = secret::hash("tollgate-dummy-secret-for-unknown-clients", slot.memory())?;
+        drop(slot);
         let mut view = View::default();
         let redis = match redis {
             None => {
@@ -215,7 +221,8 @@ impl Registry {
             synced_at: Mutex::new(None),
             stale_ok: false,
             synced: tokio::sync::Notify::new(),
-            dummy_hash: secret::hash("tollgate-dummy-secret-for-unknown-clients")?,
+            dummy_hash,
+            hashing,
         })
     }
 
@@ -307,10 +314,17 @@ impl Registry {
         Ok((Client::from(client), Tenant::from(tenant)))
     }
 
-    /// Checks a client's credentials. Blocking (argon2): call it off the async executor.
-    /// Unknown, deleted, disabled and wrong-secret clients are indistinguishable,
-    /// in answer and in time: the same argon2 work is done for each.
-    pub fn check_secret(&self, id: &str, presented: &str) -> Option<Client> {
+    /// An argon2 slot, or None when all stay taken for `patience`. Move it into
+    /// the blocking task that uses it.
+    pub async fn hashing_slot(&self, patience: Duration) -> Option<secret::Slot> {
+        self.hashing.take(patience).await
+    }
+
+    /// Checks a client's credentials in a slot's `memory`. Blocking (argon2):
+    /// call it off the async executor. Unknown, deleted, disabled and
+    /// wrong-secret clients are indistinguishable, in answer and in time: the
+    /// same argon2 work is done for each.
+    pub fn check_secret(&self, id: &str, presented: &str, memory: &mut Memory) -> Option<Client> {
         let found = self.view.read().ok().and_then(|v| {
             let c = v.clients.get(id)?;
             let tenant_live = v
@@ -323,7 +337,7 @@ impl Registry {
             Some((c, _)) if !c.secret_hash.is_empty() => c.secret_hash.as_str(),
             _ => self.dummy_hash.as_str(),
         };
-        let ok = secret::verify(presented, hash);
+        let ok = secret::verify(presented, hash, memory);
         match found {
             Some((c, true)) if ok && !c.deleted && !c.disabled => Some(Client::from(&c)),
             _ => None,

@@ -204,7 +204,7 @@ async fn check_client(
     }
     // The wait is checked inside the slot, so parallel guesses cannot all
     // pass one count (see `auth::backoff`).
-    let Some(_slot) = gw.logins.hashing_slot(HASHING_PATIENCE).await else {
+    let Some(mut slot) = gw.registry.hashing_slot(HASHING_PATIENCE).await else {
         deny("temporarily_unavailable");
         return Err(unavailable());
     };
@@ -228,9 +228,14 @@ async fn check_client(
     let basic_used = creds.basic;
     let id = creds.id.clone();
     let gw2 = gw.clone();
-    let client = web::block(move || gw2.registry.check_secret(&creds.id, &creds.secret))
-        .await
-        .map_err(|e| ApiError::Internal(format!("credential check failed: {e}")))?;
+    // The slot goes with the check: a client that leaves meanwhile does not
+    // free it while argon2 still runs.
+    let client = web::block(move || {
+        gw2.registry
+            .check_secret(&creds.id, &creds.secret, slot.memory())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("credential check failed: {e}")))?;
     let Some(client) = client else {
         failed("bad_client_credentials");
         if let Err(e) = gw.logins.failed(&id, &ip, now_ms()).await {
