@@ -1,4 +1,5 @@
-//! The limiter's Redis side: one script call to admit, one to settle.
+//! The limiter's Redis side: one script call to admit, one to settle, both
+//! on the tenant's one hash of limiter state (see `policy` for its layout).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -8,11 +9,22 @@ use tollgate_shared::openai::Usage;
 use tollgate_shared::store::{Redis, StoreError};
 
 use super::Ticket;
-use super::policy::{Dim, Headroom, Remaining, Verdict};
+use super::policy::{Dim, Headroom, LimitKind, Remaining, Verdict, subjects};
 use super::usage::UsageBook;
 
-static ADMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("admit.lua")));
-static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("settle.lua")));
+// Both scripts read and write subjects the same way: state.lua comes first in each.
+static ADMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("state.lua"),
+        include_str!("admit.lua")
+    ))
+});
+static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("state.lua"),
+        include_str!("settle.lua")
+    ))
+});
 
 fn remaining(limit: i64, remaining: i64, reset: i64) -> Option<Remaining> {
     (limit >= 0).then(|| Remaining {
@@ -24,18 +36,19 @@ fn remaining(limit: i64, remaining: i64, reset: i64) -> Option<Remaining> {
 
 pub async fn admit(
     redis: &Redis,
+    key: &str,
     dims: &[Dim],
     lease_id: &str,
     tokens: u64,
     ttl_ms: u64,
 ) -> Result<Verdict, StoreError> {
-    let keys: Vec<String> = dims.iter().map(|d| d.key.clone()).collect();
     let mut args: Vec<String> = vec![lease_id.to_owned(), tokens.to_string(), ttl_ms.to_string()];
     for d in dims {
+        args.push(d.subject.clone());
         args.push(d.kind.letter().to_owned());
         args.push(d.limit.to_string());
     }
-    let r: Vec<i64> = redis.script(&ADMIT, &keys, &args).await?;
+    let r: Vec<i64> = redis.script(&ADMIT, &[key.to_owned()], &args).await?;
     let bad = || StoreError::Protocol(format!("unexpected admission answer {r:?}"));
     if r.len() < 8 {
         return Err(bad());
@@ -78,8 +91,10 @@ pub async fn settle(
     usage: &Usage,
     retention: Duration,
 ) -> Result<(), StoreError> {
-    let mut keys: Vec<String> = t.dims.iter().map(|d| d.key.clone()).collect();
-    keys.push(UsageBook::key(redis.prefix(), &t.tenant, day));
+    let keys = [
+        t.state_key.clone(),
+        UsageBook::key(redis.prefix(), &t.tenant, day),
+    ];
     let delta = usage.total_tokens as i64 - t.reserved as i64;
     let mut args: Vec<String> = vec![
         t.lease_id.clone(),
@@ -90,7 +105,9 @@ pub async fn settle(
         usage.completion_tokens.to_string(),
         retention.as_secs().max(1).to_string(),
     ];
-    args.extend(t.dims.iter().map(|d| d.kind.letter().to_owned()));
+    let leased = t.dims.iter().any(|d| d.kind == LimitKind::Concurrency);
+    args.push(u8::from(leased).to_string());
+    args.extend(subjects(&t.dims).into_iter().map(str::to_owned));
     let _: i64 = redis.script(&SETTLE, &keys, &args).await?;
     Ok(())
 }

@@ -10,6 +10,7 @@ use tollgate_shared::store::Redis;
 use tollgate_shared::testing::RedisServer;
 
 use super::*;
+use crate::audit::utc_date;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -226,10 +227,22 @@ async fn every_key_written_has_a_ttl() {
         .query(::redis::cmd("KEYS").arg("ttl:*"))
         .await
         .unwrap();
-    assert!(keys.len() >= 9, "{keys:?}");
+    let today = utc_date(now_ms() / 86_400_000);
+    let mut want = vec![
+        "ttl:{acme}:limits".to_owned(),
+        format!("ttl:{{acme}}:usage:{today}"),
+    ];
+    let mut keys = keys;
+    keys.sort();
+    want.sort();
+    assert_eq!(keys, want, "one limiter hash and one usage hash per tenant");
     for k in keys {
         let ttl: i64 = redis.query(::redis::cmd("PTTL").arg(&k)).await.unwrap();
-        assert!(ttl > 0, "{k} has no TTL ({ttl})");
+        // Longer than a day: the daily counters live in the same hash.
+        assert!(
+            ttl > 86_400_000,
+            "{k} has no TTL or too short a one ({ttl})"
+        );
     }
 }
 

@@ -1,0 +1,158 @@
+//! The model's own cases, with time given: windows, leases, days, bounded state.
+
+use super::*;
+
+fn dim(subject: &str, kind: LimitKind, limit: u64) -> Dim {
+    Dim {
+        subject: subject.into(),
+        kind,
+        limit,
+    }
+}
+
+#[test]
+fn requests_window_admits_exactly_the_limit_and_reopens_a_minute_later() {
+    let mut c = Counters::default();
+    let dims = [dim("c", LimitKind::RequestsPerMinute, 3)];
+    let t0 = 1_000_000_500;
+    for i in 0..3 {
+        assert!(matches!(
+            c.admit(t0 + i, "k", &dims, "x", 0, 1000),
+            Verdict::Admitted { .. }
+        ));
+    }
+    match c.admit(t0 + 10, "k", &dims, "x", 0, 1000) {
+        Verdict::Limited {
+            kind,
+            retry_after_ms,
+            headroom,
+        } => {
+            assert_eq!(kind, LimitKind::RequestsPerMinute);
+            // The bucket of second 1_000_000 frees at 1_000_060.000 s.
+            assert_eq!(retry_after_ms, Some(59_490));
+            assert_eq!(headroom.requests.unwrap().remaining, 0);
+        }
+        v => panic!("{v:?}"),
+    }
+    assert!(matches!(
+        c.admit(t0 + 59_499, "k", &dims, "x", 0, 1000),
+        Verdict::Limited { .. }
+    ));
+    assert!(matches!(
+        c.admit(t0 + 59_500, "k", &dims, "x", 0, 1000),
+        Verdict::Admitted { .. }
+    ));
+}
+
+#[test]
+fn one_refused_dimension_debits_none() {
+    let mut c = Counters::default();
+    let dims = [
+        dim("c-rpm", LimitKind::RequestsPerMinute, 10),
+        dim("t-tpm", LimitKind::TokensPerMinute, 100),
+    ];
+    assert!(matches!(
+        c.admit(0, "k", &dims, "a", 80, 1000),
+        Verdict::Admitted { .. }
+    ));
+    assert!(matches!(
+        c.admit(1, "k", &dims, "b", 30, 1000),
+        Verdict::Limited {
+            kind: LimitKind::TokensPerMinute,
+            ..
+        }
+    ));
+    let Verdict::Admitted { headroom, .. } = c.admit(2, "k", &dims, "c", 20, 1000) else {
+        panic!()
+    };
+    assert_eq!(
+        headroom.requests.unwrap().remaining,
+        8,
+        "the refused request was not counted"
+    );
+    assert_eq!(headroom.tokens.unwrap().remaining, 0);
+}
+
+#[test]
+fn settling_returns_unused_tokens_to_their_bucket() {
+    let mut c = Counters::default();
+    let dims = [
+        dim("t", LimitKind::TokensPerMinute, 100),
+        dim("d", LimitKind::DailyTokens, 1000),
+    ];
+    let Verdict::Admitted { second, .. } = c.admit(5_000, "k", &dims, "a", 90, 1000) else {
+        panic!()
+    };
+    assert!(matches!(
+        c.admit(6_000, "k", &dims, "b", 20, 1000),
+        Verdict::Limited { .. }
+    ));
+    c.settle("k", &dims, "a", second, -85);
+    assert!(matches!(
+        c.admit(7_000, "k", &dims, "b", 20, 1000),
+        Verdict::Admitted { .. }
+    ));
+}
+
+#[test]
+fn a_request_larger_than_the_limit_is_never_admitted() {
+    let mut c = Counters::default();
+    let dims = [dim("t", LimitKind::TokensPerMinute, 100)];
+    assert!(matches!(
+        c.admit(0, "k", &dims, "a", 101, 1000),
+        Verdict::Limited {
+            retry_after_ms: None,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn leases_end_with_the_request_or_by_their_deadline() {
+    let mut c = Counters::default();
+    let dims = [dim("c", LimitKind::Concurrency, 1)];
+    assert!(matches!(
+        c.admit(0, "k", &dims, "a", 0, 1000),
+        Verdict::Admitted { .. }
+    ));
+    assert!(matches!(
+        c.admit(10, "k", &dims, "b", 0, 1000),
+        Verdict::Limited {
+            kind: LimitKind::Concurrency,
+            ..
+        }
+    ));
+    c.settle("k", &dims, "a", 0, 0);
+    assert!(matches!(
+        c.admit(20, "k", &dims, "b", 0, 1000),
+        Verdict::Admitted { .. }
+    ));
+    // "b" is never settled (its gateway died): the lease lapses at 1020 ms.
+    assert!(matches!(
+        c.admit(1019, "k", &dims, "c", 0, 1000),
+        Verdict::Limited { .. }
+    ));
+    assert!(matches!(
+        c.admit(1021, "k", &dims, "c", 0, 1000),
+        Verdict::Admitted { .. }
+    ));
+}
+
+#[test]
+fn daily_budget_resets_at_utc_midnight() {
+    let mut c = Counters::default();
+    let dims = [dim("d", LimitKind::DailyTokens, 100)];
+    let late = DAY_SECS * 1000 - 10_000;
+    assert!(matches!(
+        c.admit(late, "k", &dims, "a", 100, 1),
+        Verdict::Admitted { .. }
+    ));
+    match c.admit(late + 1, "k", &dims, "b", 1, 1) {
+        Verdict::Limited { retry_after_ms, .. } => assert_eq!(retry_after_ms, Some(9_999)),
+        v => panic!("{v:?}"),
+    }
+    assert!(matches!(
+        c.admit(DAY_SECS * 1000, "k", &dims, "b", 1, 1),
+        Verdict::Admitted { .. }
+    ));
+}
