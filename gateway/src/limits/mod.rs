@@ -309,6 +309,8 @@ pub fn reset_text(ms: u64) -> String {
 }
 
 #[cfg(test)]
+mod state_tests;
+#[cfg(test)]
 mod tests;
 
 /// An admitted request's charge, settled exactly once: with what it used

@@ -170,6 +170,12 @@ impl State {
         let today = now_s / DAY_SECS;
         self.daily = (today, self.used_on(today) + tokens);
     }
+
+    /// Buckets and leases held; what the tests bound.
+    #[cfg(test)]
+    pub fn size(&self) -> (usize, usize) {
+        (self.buckets.len(), self.leases.len())
+    }
 }
 
 /// Every counter of one backend's memory: the in-memory limiter, and the
@@ -264,6 +270,12 @@ impl Counters {
             }
             st.leases.remove(lease_id);
         }
+    }
+
+    /// One subject's state, for the tests.
+    #[cfg(test)]
+    pub fn state(&self, key: &str, subject: &str) -> Option<&State> {
+        self.tenants.get(key)?.get(subject)
     }
 }
 

@@ -156,3 +156,59 @@ fn daily_budget_resets_at_utc_midnight() {
         Verdict::Admitted { .. }
     ));
 }
+
+#[test]
+fn one_subject_counts_requests_and_tokens_in_the_same_buckets() {
+    let mut c = Counters::default();
+    let dims = [
+        dim("c:a", LimitKind::RequestsPerMinute, 2),
+        dim("c:a", LimitKind::TokensPerMinute, 100),
+    ];
+    let Verdict::Admitted { headroom, .. } = c.admit(0, "k", &dims, "a", 60, 1000) else {
+        panic!()
+    };
+    assert_eq!(headroom.requests.unwrap().remaining, 1);
+    assert_eq!(headroom.tokens.unwrap().remaining, 40);
+    assert!(matches!(
+        c.admit(1, "k", &dims, "b", 50, 1000),
+        Verdict::Limited {
+            kind: LimitKind::TokensPerMinute,
+            ..
+        }
+    ));
+    assert!(matches!(
+        c.admit(2, "k", &dims, "c", 40, 1000),
+        Verdict::Admitted { .. }
+    ));
+    assert!(matches!(
+        c.admit(3, "k", &dims, "d", 0, 1000),
+        Verdict::Limited {
+            kind: LimitKind::RequestsPerMinute,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_subjects_state_holds_one_window_and_its_live_leases() {
+    let mut c = Counters::default();
+    let dims = [
+        dim("c:a", LimitKind::RequestsPerMinute, 1_000),
+        dim("c:a", LimitKind::TokensPerMinute, 1_000_000),
+        dim("c:a", LimitKind::Concurrency, 1_000),
+        dim("c:a", LimitKind::DailyTokens, 1 << 40),
+    ];
+    // One request a second for ten minutes, none settled, leases of 5 s.
+    for i in 0..600u64 {
+        let v = c.admit(
+            1_000_000 + i * 1000,
+            "k",
+            &dims,
+            &format!("l{i}"),
+            10,
+            5_000,
+        );
+        assert!(matches!(v, Verdict::Admitted { .. }), "{i}: {v:?}");
+    }
+    assert_eq!(c.state("k", "c:a").unwrap().size(), (60, 5));
+}

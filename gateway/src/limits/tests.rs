@@ -10,9 +10,8 @@ use tollgate_shared::store::Redis;
 use tollgate_shared::testing::RedisServer;
 
 use super::*;
-use crate::audit::utc_date;
 
-const DAY: Duration = Duration::from_secs(86_400);
+pub(super) const DAY: Duration = Duration::from_secs(86_400);
 
 fn limits(rpm: Option<u64>, tpm: Option<u64>, conc: Option<u64>) -> Limits {
     Limits {
@@ -23,7 +22,7 @@ fn limits(rpm: Option<u64>, tpm: Option<u64>, conc: Option<u64>) -> Limits {
     }
 }
 
-fn subject<'a>(client: &'a str, tenant: Limits, own: Limits) -> Subject<'a> {
+pub(super) fn subject<'a>(client: &'a str, tenant: Limits, own: Limits) -> Subject<'a> {
     Subject {
         tenant: "acme",
         client,
@@ -32,7 +31,7 @@ fn subject<'a>(client: &'a str, tenant: Limits, own: Limits) -> Subject<'a> {
     }
 }
 
-fn usage(prompt: u64, completion: u64) -> Usage {
+pub(super) fn usage(prompt: u64, completion: u64) -> Usage {
     Usage {
         prompt_tokens: prompt,
         completion_tokens: completion,
@@ -41,7 +40,7 @@ fn usage(prompt: u64, completion: u64) -> Usage {
 }
 
 /// The backends: memory, and Redis (the server must outlive the limiter).
-fn backends(mode: RedisFailureMode) -> Vec<(Arc<Limiter>, Option<RedisServer>)> {
+pub(super) fn backends(mode: RedisFailureMode) -> Vec<(Arc<Limiter>, Option<RedisServer>)> {
     let server = RedisServer::start();
     let mut cfg = server.config("test:");
     cfg.on_failure = mode;
@@ -204,49 +203,6 @@ async fn usage_is_metered_per_tenant_client_and_day() {
 }
 
 #[tokio::test]
-async fn every_key_written_has_a_ttl() {
-    let server = RedisServer::start();
-    let redis = Redis::new(&server.config("ttl:")).unwrap();
-    let l = Limiter::new(
-        Some(redis.clone()),
-        RedisFailureMode::Local,
-        1,
-        Duration::from_secs(30),
-        DAY,
-    );
-    let tenant = Limits {
-        rpm: Some(100),
-        tpm: Some(10_000),
-        max_concurrency: Some(5),
-        daily_tokens: Some(100_000),
-    };
-    let (t, _) = l.admit(&subject("c1", tenant, tenant), 100).await.unwrap();
-    let (_held, _) = l.admit(&subject("c1", tenant, tenant), 100).await.unwrap();
-    l.settle_now(t, usage(10, 10)).await;
-    let keys: Vec<String> = redis
-        .query(::redis::cmd("KEYS").arg("ttl:*"))
-        .await
-        .unwrap();
-    let today = utc_date(now_ms() / 86_400_000);
-    let mut want = vec![
-        "ttl:{acme}:limits".to_owned(),
-        format!("ttl:{{acme}}:usage:{today}"),
-    ];
-    let mut keys = keys;
-    keys.sort();
-    want.sort();
-    assert_eq!(keys, want, "one limiter hash and one usage hash per tenant");
-    for k in keys {
-        let ttl: i64 = redis.query(::redis::cmd("PTTL").arg(&k)).await.unwrap();
-        // Longer than a day: the daily counters live in the same hash.
-        assert!(
-            ttl > 86_400_000,
-            "{k} has no TTL or too short a one ({ttl})"
-        );
-    }
-}
-
-#[tokio::test]
 async fn redis_down_degrades_as_configured_then_recovers() {
     let per_mode = [
         (RedisFailureMode::Local, "local"),
@@ -302,4 +258,55 @@ fn reset_durations_read_like_openais() {
     assert_eq!(reset_text(1000), "1s");
     assert_eq!(reset_text(1001), "2s");
     assert_eq!(reset_text(360_000), "6m0s");
+}
+
+/// Waits, if need be, until the UTC day has more than ten seconds left, so a
+/// test's requests all fall on one day.
+async fn clear_of_midnight() {
+    let left = DAY.as_millis() as u64 - now_ms() % DAY.as_millis() as u64;
+    if left < 10_000 {
+        tokio::time::sleep(Duration::from_millis(left + 1000)).await;
+    }
+}
+
+#[tokio::test]
+async fn daily_tokens_refuse_until_midnight_and_settling_corrects_the_day() {
+    clear_of_midnight().await;
+    for (l, _server) in backends(RedisFailureMode::Local) {
+        let tenant = Limits {
+            daily_tokens: Some(1000),
+            ..Limits::default()
+        };
+        let s = subject("c1", tenant, Limits::default());
+        let (t1, _) = l.admit(&s, 900).await.unwrap();
+        match l.admit(&s, 200).await {
+            Err(Refusal::Limited {
+                kind: LimitKind::DailyTokens,
+                retry_after_ms: Some(ms),
+                ..
+            }) => {
+                let midnight = DAY.as_millis() as u64 - now_ms() % DAY.as_millis() as u64;
+                assert!(
+                    ms.abs_diff(midnight) < 2000,
+                    "{ms} ms, midnight in {midnight}"
+                );
+            }
+            other => panic!("the day's budget must refuse: {other:?}"),
+        }
+        assert!(matches!(
+            l.admit(&s, 1001).await,
+            Err(Refusal::Limited {
+                kind: LimitKind::DailyTokens,
+                retry_after_ms: None,
+                ..
+            })
+        ));
+        // 100 used of the 900 reserved: the day is corrected to 100.
+        l.settle_now(t1, usage(60, 40)).await;
+        let (t2, _) = l.admit(&s, 900).await.unwrap();
+        assert!(l.admit(&s, 1).await.is_err(), "1000 of 1000 used");
+        l.settle_now(t2, usage(500, 0)).await;
+        let (_, _) = l.admit(&s, 400).await.unwrap();
+        assert!(l.admit(&s, 1).await.is_err(), "100 + 500 + 400 used");
+    }
 }

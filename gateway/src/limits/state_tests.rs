@@ -1,0 +1,233 @@
+//! What the limiter leaves in Redis and what it costs Redis: one hash per
+//! tenant whose every key expires, state bounded by one window and the live
+//! leases, and a handful of commands per request.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tollgate_shared::config::{Limits, RedisFailureMode};
+use tollgate_shared::store::Redis;
+use tollgate_shared::testing::RedisServer;
+
+use super::tests::{DAY, backends, subject, usage};
+use super::*;
+use crate::audit::utc_date;
+
+#[tokio::test]
+async fn every_key_written_has_a_ttl() {
+    let server = RedisServer::start();
+    let redis = Redis::new(&server.config("ttl:")).unwrap();
+    let l = Limiter::new(
+        Some(redis.clone()),
+        RedisFailureMode::Local,
+        1,
+        Duration::from_secs(30),
+        DAY,
+    );
+    let tenant = Limits {
+        rpm: Some(100),
+        tpm: Some(10_000),
+        max_concurrency: Some(5),
+        daily_tokens: Some(100_000),
+    };
+    let (t, _) = l.admit(&subject("c1", tenant, tenant), 100).await.unwrap();
+    let (_held, _) = l.admit(&subject("c1", tenant, tenant), 100).await.unwrap();
+    l.settle_now(t, usage(10, 10)).await;
+    let mut keys: Vec<String> = redis
+        .query(::redis::cmd("KEYS").arg("ttl:*"))
+        .await
+        .unwrap();
+    let today = utc_date(now_ms() / 86_400_000);
+    let mut want = vec![
+        "ttl:{acme}:limits".to_owned(),
+        format!("ttl:{{acme}}:usage:{today}"),
+    ];
+    keys.sort();
+    want.sort();
+    assert_eq!(keys, want, "one limiter hash and one usage hash per tenant");
+    for k in keys {
+        let ttl: i64 = redis.query(::redis::cmd("PTTL").arg(&k)).await.unwrap();
+        // Longer than a day: the daily counters live in the same hash.
+        assert!(
+            ttl > 86_400_000,
+            "{k} has no TTL or too short a one ({ttl})"
+        );
+    }
+}
+
+/// The limiter state of one subject, in the Redis format (`state.lua`).
+fn encoded_state(
+    day: u64,
+    used: u64,
+    buckets: &[(u64, u64, u64)],
+    leases: &[(String, u64)],
+) -> String {
+    let b: Vec<String> = buckets
+        .iter()
+        .map(|(s, r, t)| format!("{s} {r} {t}"))
+        .collect();
+    let l: Vec<String> = leases
+        .iter()
+        .map(|(id, until)| format!("{id} {until}"))
+        .collect();
+    format!("{day} {used}|{}|{}", b.join(","), l.join(","))
+}
+
+/// (buckets, leases) in an encoded state.
+fn encoded_size(v: &str) -> (usize, usize) {
+    let parts: Vec<&str> = v.split('|').collect();
+    assert_eq!(parts.len(), 3, "{v}");
+    let n = |p: &str| p.split(',').filter(|x| !x.is_empty()).count();
+    (n(parts[1]), n(parts[2]))
+}
+
+/// State does not grow without bound: buckets that left the window and leases
+/// past their deadline are dropped when the state is next written, and never count.
+#[tokio::test]
+async fn stale_buckets_and_lapsed_leases_are_dropped_from_the_state() {
+    let own = Limits {
+        rpm: Some(1000),
+        tpm: None,
+        max_concurrency: Some(4),
+        daily_tokens: None,
+    };
+    let now = now_ms();
+    let now_s = now / 1000;
+    // Ten minutes of history, the last 59 s still in the window, and a lease
+    // a second that lapsed unsettled; three more are still live.
+    let history: Vec<(u64, u64, u64)> = (1..=600).map(|i| (now_s - i, 1, 10)).rev().collect();
+    let mut leases: Vec<(String, u64)> = (1..=600)
+        .map(|i| (format!("gone{i}"), now - i * 1000))
+        .collect();
+    leases.extend((0..3).map(|i| (format!("live{i}"), now + 20_000)));
+    for (l, _server) in backends(RedisFailureMode::Local) {
+        let s = subject("c1", Limits::default(), own);
+        let key = match &l.redis {
+            Some(redis) => {
+                let key = state_key(redis.prefix(), "acme");
+                let v = encoded_state(now_s / 86_400, 0, &history, &leases);
+                let _: i64 = redis
+                    .query(::redis::cmd("HSET").arg(&key).arg("c:c1").arg(v))
+                    .await
+                    .unwrap();
+                let _: i64 = redis
+                    .query(::redis::cmd("EXPIRE").arg(&key).arg(600))
+                    .await
+                    .unwrap();
+                key
+            }
+            None => {
+                let key = state_key("local:", "acme");
+                let (_, dims) = l.dims(&s, 1, "local:");
+                let mut c = l.local.lock().unwrap();
+                for (i, (sec, _, _)) in history.iter().enumerate() {
+                    let at = sec * 1000;
+                    // Each lease lapses a second after it was taken, like the ones above.
+                    let v = c.admit(at, &key, &dims, &format!("gone{i}"), 0, 1000);
+                    assert!(matches!(v, Verdict::Admitted { .. }), "{v:?}");
+                }
+                for i in 0..3 {
+                    c.admit(now, &key, &dims, &format!("live{i}"), 0, 20_000);
+                }
+                key
+            }
+        };
+        let (_, h) = l.admit(&s, 0).await.unwrap();
+        let size = match &l.redis {
+            Some(redis) => {
+                let v: String = redis
+                    .query(::redis::cmd("HGET").arg(&key).arg("c:c1"))
+                    .await
+                    .unwrap();
+                encoded_size(&v)
+            }
+            None => l.local.lock().unwrap().state(&key, "c:c1").unwrap().size(),
+        };
+        let (buckets, held) = size;
+        assert!(buckets <= 60, "{buckets} buckets kept");
+        assert_eq!(held, 4, "the three live leases and the new one");
+        let remaining = h.requests.unwrap().remaining;
+        assert!(
+            (936..=941).contains(&remaining),
+            "only the window counts: {remaining}"
+        );
+        assert!(matches!(
+            l.admit(&s, 0).await,
+            Err(Refusal::Limited {
+                kind: LimitKind::Concurrency,
+                ..
+            })
+        ));
+    }
+}
+
+/// `INFO commandstats` calls per command, from a server only this test uses.
+async fn command_calls(redis: &Redis) -> HashMap<String, u64> {
+    let info: String = redis
+        .query(::redis::cmd("INFO").arg("commandstats"))
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_")?.split_once(':'))
+        .map(|(name, fields)| {
+            let calls = fields
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))
+                .map_or(0, |n| n.parse().unwrap());
+            (name.to_owned(), calls)
+        })
+        .collect()
+}
+
+/// Commands Redis ran between two readings, the scripts' own inner commands
+/// included; the script calls and the readings themselves left out.
+fn ran_inside(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> (u64, u64) {
+    let delta = |c: &str| after.get(c).copied().unwrap_or(0) - before.get(c).copied().unwrap_or(0);
+    let calls = delta("evalsha") + delta("eval");
+    let inner = after
+        .keys()
+        .filter(|c| !matches!(c.as_str(), "evalsha" | "eval" | "info") && !c.starts_with("script"))
+        .map(|c| delta(c))
+        .sum();
+    (calls, inner)
+}
+
+#[tokio::test]
+async fn a_request_costs_redis_at_most_eight_commands_to_admit_and_settle() {
+    const N: u64 = 50;
+    let server = RedisServer::start();
+    let redis = Redis::new(&server.config("cost:")).unwrap();
+    let l = Limiter::new(
+        Some(redis.clone()),
+        RedisFailureMode::Local,
+        1,
+        Duration::from_secs(30),
+        DAY,
+    );
+    // Every limit set on both: eight dimensions, the costliest request.
+    let all = Limits {
+        rpm: Some(100_000),
+        tpm: Some(100_000_000),
+        max_concurrency: Some(1000),
+        daily_tokens: Some(1_000_000_000),
+    };
+    let s = subject("c1", all, all);
+    // Warm-up: the scripts are loaded, the keys created and set to expire.
+    for _ in 0..3 {
+        let (t, _) = l.admit(&s, 100).await.unwrap();
+        l.settle_now(t, usage(10, 20)).await;
+    }
+    let before = command_calls(&redis).await;
+    for _ in 0..N {
+        let (t, _) = l.admit(&s, 100).await.unwrap();
+        l.settle_now(t, usage(10, 20)).await;
+    }
+    let after = command_calls(&redis).await;
+    let (calls, inner) = ran_inside(&before, &after);
+    assert_eq!(calls, 2 * N, "one admission and one settlement each");
+    assert!(
+        inner <= 8 * N,
+        "{inner} commands for {N} requests ({} each): {after:?}",
+        inner as f64 / N as f64
+    );
+}
