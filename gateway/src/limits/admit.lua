@@ -41,15 +41,30 @@ fields[#fields + 1] = 'x'
 local v = redis.call('HMGET', key, unpack(fields))
 local expires = tonumber(v[#fields])
 fields[#fields] = nil
-for j, s in ipairs(fields) do states[s] = decode(v[j], now_s - 59, now_ms) end
+for j, s in ipairs(fields) do
+  states[s] = decode(v[j])
+  prune(states[s], now_s - 59, now_ms)
+end
 
--- Units of a bucket: requests (2) or tokens (3).
-local function unit(k) if k == 'r' then return 2 end return 3 end
+-- What a dimension of kind r (requests) or t (tokens) has in the window.
+local function total(st, k)
+  if k == 'r' then return st.r end
+  return st.t
+end
 
-local function total(st, u)
-  local sum = 0
-  for _, b in ipairs(st.buckets) do sum = sum + b[u] end
-  return sum
+-- When `amount` more of kind k fits under `l` (units leave 60 s after their second).
+local function retry_after(st, k, amount, l)
+  local used, freed = total(st, k), 0
+  local function frees(sec, r, t)
+    if k == 'r' then freed = freed + r else freed = freed + t end
+    if used - freed + amount <= l then return math.max((sec + 60) * 1000 - now_ms, 1) end
+  end
+  for sec, r, t in string.gmatch(st.buckets, '(%d+) (%d+) (%d+)') do
+    local ms = frees(tonumber(sec), tonumber(r), tonumber(t))
+    if ms then return ms end
+  end
+  if st.s > 0 then return frees(st.s, st.sr, st.st) or 1 end
+  return 1
 end
 
 local function headroom()
@@ -58,10 +73,9 @@ local function headroom()
     local k = kind(i)
     if k == 'r' or k == 't' then
       local st = states[subject(i)]
-      local last = st.buckets[#st.buckets]
       local reset = 0
-      if last then reset = math.max((last[1] + 60) * 1000 - now_ms, 0) end
-      local rem = math.max(limit(i) - total(st, unit(k)), 0)
+      if st.s > 0 then reset = math.max((st.s + 60) * 1000 - now_ms, 0) end
+      local rem = math.max(limit(i) - total(st, k), 0)
       local o = 0
       if k == 't' then o = 3 end
       if out[o + 1] == -1 or rem < out[o + 2] then
@@ -80,23 +94,14 @@ end
 for i = 1, n do
   local k, l, st = kind(i), limit(i), states[subject(i)]
   if k == 'r' or k == 't' then
-    local u, amount = unit(k), tokens
+    local amount = tokens
     if k == 'r' then amount = 1 end
-    local used = total(st, u)
-    if used + amount > l then
+    if total(st, k) + amount > l then
       if amount > l then return refuse(i, -1) end
-      local freed, retry = 0, 1
-      for _, b in ipairs(st.buckets) do
-        freed = freed + b[u]
-        if used - freed + amount <= l then
-          retry = math.max((b[1] + 60) * 1000 - now_ms, 1)
-          break
-        end
-      end
-      return refuse(i, retry)
+      return refuse(i, retry_after(st, k, amount, l))
     end
   elseif k == 'c' then
-    if st.nleases + 1 > l then return refuse(i, 1000) end
+    if st.l + 1 > l then return refuse(i, 1000) end
   elseif k == 'd' then
     local used = 0
     if st.day == today then used = st.used end
@@ -109,21 +114,12 @@ end
 
 for _, s in ipairs(fields) do
   local st = states[s]
-  local b = st.buckets
-  -- Buckets stay oldest first even if Redis's clock stepped back.
-  local j = #b
-  while j > 0 and b[j][1] > now_s do j = j - 1 end
-  if j > 0 and b[j][1] == now_s then
-    b[j][2] = b[j][2] + 1
-    b[j][3] = b[j][3] + tokens
-  else
-    table.insert(b, j + 1, {now_s, 1, tokens})
-  end
+  add_to_bucket(st, now_s, 1, tokens, true)
   if st.day ~= today then st.day, st.used = today, 0 end
   st.used = st.used + tokens
 end
 for i = 1, n do
-  if kind(i) == 'c' then states[subject(i)].leases[lease] = now_ms + ttl end
+  if kind(i) == 'c' then add_lease(states[subject(i)], lease, now_ms + ttl) end
 end
 
 local args = {}

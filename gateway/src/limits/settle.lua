@@ -24,12 +24,12 @@ if #fields > 0 and (delta ~= 0 or ARGV[8] == '1') then
   for j, s in ipairs(fields) do
     -- A subject that is gone (its key expired) stays gone: nothing is created here.
     if v[j] then
-      local st = decode(v[j], 0, 0)
-      for _, b in ipairs(st.buckets) do
-        if b[1] == second then b[3] = math.max(b[3] + delta, 0) end
+      local st = decode(v[j])
+      if delta ~= 0 then
+        add_to_bucket(st, second, 0, delta, false)
+        if st.day == day then st.used = math.max(st.used + delta, 0) end
       end
-      if st.day == day then st.used = math.max(st.used + delta, 0) end
-      st.leases[lease] = nil
+      drop_lease(st, lease)
       args[#args + 1] = s
       args[#args + 1] = encode(st)
     end

@@ -1,36 +1,152 @@
 -- A subject's limiter state (the tenant, or one of its clients), as one field
 -- of its tenant's hash. Shared by admit.lua and settle.lua; the model is
 -- `State` in policy.rs. A value reads
---   "<day> <used>|<second> <requests> <tokens>,...|<lease id> <deadline ms>,..."
--- with the buckets oldest first. Numbers are written with %d: tostring would
--- round anything past 14 digits.
+--   "<day> <used> <requests> <tokens> <newest> <its requests> <its tokens> <leases> <latest deadline>|<older buckets>|<leases>"
+-- where <requests> and <tokens> total every bucket listed, <newest> is the
+-- newest bucket's second (0: none), older buckets read "<second> <requests>
+-- <tokens>", oldest first, and leases "<id> <deadline ms>", earliest first,
+-- <leases> of them, none with a deadline past <latest deadline>.
+-- The totals and the order let a script work on the ends of the lists only,
+-- and Lua's pattern functions do the scanning: no loop over every bucket.
+-- Numbers are written with %d: tostring would round past 14 digits.
 
--- Reads a value, keeping buckets from second `oldest` on and leases whose
--- deadline is after `now_ms`: the rest is dropped when the state is rewritten.
-local function decode(v, oldest, now_ms)
-  local st = {day = 0, used = 0, buckets = {}, leases = {}, nleases = 0}
+local function decode(v)
+  local st = {day = 0, used = 0, r = 0, t = 0, s = 0, sr = 0, st = 0, l = 0, ld = 0,
+    buckets = '', leases = ''}
   if not v then return st end
-  local daily, buckets, leases = string.match(v, '^([^|]*)|([^|]*)|(.*)$')
-  if not daily then return st end
-  local day, used = string.match(daily, '^(%d+) (%d+)$')
-  st.day, st.used = tonumber(day) or 0, tonumber(used) or 0
-  for s, r, t in string.gmatch(buckets, '(%d+) (%d+) (%d+)') do
-    s = tonumber(s)
-    if s >= oldest then st.buckets[#st.buckets + 1] = {s, tonumber(r), tonumber(t)} end
-  end
-  for id, deadline in string.gmatch(leases, '([^ ,]+) (%d+)') do
-    deadline = tonumber(deadline)
-    if deadline > now_ms then
-      st.leases[id] = deadline
-      st.nleases = st.nleases + 1
-    end
-  end
+  -- Plain finds: a pattern would step through a long lease list char by char.
+  local b1 = string.find(v, '|', 1, true)
+  local b2 = b1 and string.find(v, '|', b1 + 1, true)
+  if not b2 then return st end
+  local h = {string.match(string.sub(v, 1, b1 - 1),
+    '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')}
+  if #h ~= 9 then return st end
+  for i = 1, 9 do h[i] = tonumber(h[i]) end
+  st.day, st.used, st.r, st.t, st.s, st.sr, st.st, st.l, st.ld = unpack(h)
+  st.buckets, st.leases = string.sub(v, b1 + 1, b2 - 1), string.sub(v, b2 + 1)
   return st
 end
 
 local function encode(st)
-  local b, l = {}, {}
-  for i, x in ipairs(st.buckets) do b[i] = string.format('%d %d %d', x[1], x[2], x[3]) end
-  for id, deadline in pairs(st.leases) do l[#l + 1] = id .. string.format(' %d', deadline) end
-  return string.format('%d %d|', st.day, st.used) .. table.concat(b, ',') .. '|' .. table.concat(l, ',')
+  return string.format('%d %d %d %d %d %d %d %d %d|', st.day, st.used, st.r, st.t,
+    st.s, st.sr, st.st, st.l, st.ld) .. st.buckets .. '|' .. st.leases
+end
+
+local function append(list, entry)
+  if list == '' then return entry end
+  return list .. ',' .. entry
+end
+
+-- Drops buckets before second `oldest` and leases whose deadline is not
+-- after `now_ms`: both sit at the start of their lists.
+local function prune(st, oldest, now_ms)
+  if st.s < oldest then
+    st.r, st.t, st.s, st.sr, st.st, st.buckets = 0, 0, 0, 0, 0, ''
+  else
+    local pos = 1
+    while true do
+      local _, e, s, r, t = string.find(st.buckets, '^(%d+) (%d+) (%d+),?', pos)
+      if not s or tonumber(s) >= oldest then break end
+      st.r, st.t = st.r - tonumber(r), st.t - tonumber(t)
+      pos = e + 1
+    end
+    if pos > 1 then st.buckets = string.sub(st.buckets, pos) end
+  end
+  local pos = 1
+  while true do
+    local _, e, id, d = string.find(st.leases, '^([^ ,]+) (%d+),?', pos)
+    if not id or tonumber(d) > now_ms then break end
+    st.l = st.l - 1
+    pos = e + 1
+  end
+  if pos > 1 then st.leases = string.sub(st.leases, pos) end
+end
+
+-- Where the entry starting with `head` (followed by a space) is in `list`.
+local function find_entry(list, head)
+  local h = head .. ' '
+  if string.sub(list, 1, #h) == h then return 1 end
+  local a = string.find(list, ',' .. h, 1, true)
+  if a then return a + 1 end
+end
+
+-- Removes the entry at `a` (found by find_entry) from `list`.
+local function cut(list, a)
+  local _, e = string.find(list, '^[^,]*,?', a)
+  local out = string.sub(list, 1, a - 1) .. string.sub(list, e + 1)
+  if string.sub(out, -1) == ',' then out = string.sub(out, 1, -2) end
+  return out
+end
+
+-- Puts `entry` into `list` before the first entry whose `field`-th number
+-- (1 or 2) is larger than `key`: the lists stay in order.
+local function insert(list, entry, key, field)
+  local pos = 1
+  local pattern = '^(%d+) (%d+)[^,]*,?'
+  if field == 2 then pattern = '^[^ ,]+ ()(%d+),?' end
+  while true do
+    local _, e, a, b = string.find(list, pattern, pos)
+    if not e then break end
+    local k = tonumber(a)
+    if field == 2 then k = tonumber(b) end
+    if k > key then
+      return string.sub(list, 1, pos - 1) .. entry .. ',' .. string.sub(list, pos)
+    end
+    pos = e + 1
+  end
+  return append(list, entry)
+end
+
+-- Adds `dr` requests and `dt` tokens (leaving no fewer than 0) to the
+-- bucket of second `sec`, newest or listed; a missing bucket is created
+-- only if `create` (at admission: a settlement's bucket may have left).
+local function add_to_bucket(st, sec, dr, dt, create)
+  if sec == st.s then
+    local t = math.max(st.st + dt, 0)
+    st.r, st.t = st.r + dr, st.t + t - st.st
+    st.sr, st.st = st.sr + dr, t
+    return
+  end
+  local key = string.format('%d', sec)
+  local a = find_entry(st.buckets, key)
+  if a then
+    local _, e, r, t = string.find(st.buckets, '^%d+ (%d+) (%d+)', a)
+    r, t = tonumber(r), tonumber(t)
+    local nt = math.max(t + dt, 0)
+    st.buckets = string.sub(st.buckets, 1, a - 1)
+      .. string.format('%s %d %d', key, r + dr, nt) .. string.sub(st.buckets, e + 1)
+    st.r, st.t = st.r + dr, st.t + nt - t
+    return
+  end
+  if not create then return end
+  if sec > st.s then
+    if st.s > 0 then
+      st.buckets = append(st.buckets, string.format('%d %d %d', st.s, st.sr, st.st))
+    end
+    st.s, st.sr, st.st = sec, dr, dt
+  else
+    -- Redis's clock stepped back: the bucket goes among the older ones, in order.
+    st.buckets = insert(st.buckets, string.format('%s %d %d', key, dr, dt), sec, 1)
+  end
+  st.r, st.t = st.r + dr, st.t + dt
+end
+
+local function drop_lease(st, id)
+  local a = find_entry(st.leases, id)
+  if not a then return end
+  st.leases = cut(st.leases, a)
+  st.l = st.l - 1
+end
+
+-- A lease id is held once, as a key of a map would be.
+local function add_lease(st, id, deadline)
+  drop_lease(st, id)
+  local entry = id .. string.format(' %d', deadline)
+  if deadline >= st.ld then
+    st.leases = append(st.leases, entry)
+    st.ld = deadline
+  else
+    st.leases = insert(st.leases, entry, deadline, 2)
+  end
+  st.l = st.l + 1
 end

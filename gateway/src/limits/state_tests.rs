@@ -55,14 +55,20 @@ async fn every_key_written_has_a_ttl() {
     }
 }
 
-/// The limiter state of one subject, in the Redis format (`state.lua`).
+/// The limiter state of one subject in the Redis format (`state.lua`), from
+/// its buckets, oldest first, and its leases, earliest deadline first.
 fn encoded_state(
     day: u64,
     used: u64,
     buckets: &[(u64, u64, u64)],
     leases: &[(String, u64)],
 ) -> String {
-    let b: Vec<String> = buckets
+    let (r, t) = buckets.iter().fold((0, 0), |(r, t), b| (r + b.1, t + b.2));
+    let ((s, sr, st), older) = match buckets.split_last() {
+        Some((newest, older)) => (*newest, older),
+        None => ((0, 0, 0), &[][..]),
+    };
+    let b: Vec<String> = older
         .iter()
         .map(|(s, r, t)| format!("{s} {r} {t}"))
         .collect();
@@ -70,15 +76,39 @@ fn encoded_state(
         .iter()
         .map(|(id, until)| format!("{id} {until}"))
         .collect();
-    format!("{day} {used}|{}|{}", b.join(","), l.join(","))
+    let latest = leases.iter().map(|l| l.1).max().unwrap_or(0);
+    format!(
+        "{day} {used} {r} {t} {s} {sr} {st} {} {latest}|{}|{}",
+        leases.len(),
+        b.join(","),
+        l.join(",")
+    )
 }
 
-/// (buckets, leases) in an encoded state.
+/// (buckets, leases) in an encoded state, whose totals must add up.
 fn encoded_size(v: &str) -> (usize, usize) {
     let parts: Vec<&str> = v.split('|').collect();
     assert_eq!(parts.len(), 3, "{v}");
-    let n = |p: &str| p.split(',').filter(|x| !x.is_empty()).count();
-    (n(parts[1]), n(parts[2]))
+    let head: Vec<u64> = parts[0].split(' ').map(|n| n.parse().unwrap()).collect();
+    assert_eq!(head.len(), 9, "{v}");
+    let entries = |p: &str| -> Vec<Vec<u64>> {
+        p.split(',')
+            .filter(|x| !x.is_empty())
+            .map(|e| e.split(' ').filter_map(|n| n.parse().ok()).collect())
+            .collect()
+    };
+    let older = entries(parts[1]);
+    let leases = entries(parts[2]);
+    let requests: u64 = older.iter().map(|b| b[1]).sum::<u64>() + head[5];
+    let tokens: u64 = older.iter().map(|b| b[2]).sum::<u64>() + head[6];
+    assert_eq!((head[2], head[3]), (requests, tokens), "totals of {v}");
+    assert_eq!(head[7] as usize, leases.len(), "lease count of {v}");
+    let seconds: Vec<u64> = older.iter().map(|b| b[0]).chain([head[4]]).collect();
+    assert!(seconds.is_sorted(), "buckets in order: {v}");
+    // A lease reads "<id> <deadline>": its id may parse as a number too.
+    let deadlines: Vec<u64> = leases.iter().filter_map(|l| l.last().copied()).collect();
+    assert!(deadlines.is_sorted(), "leases in order: {v}");
+    (older.len() + usize::from(head[4] > 0), leases.len())
 }
 
 /// State does not grow without bound: buckets that left the window and leases
@@ -97,6 +127,7 @@ async fn stale_buckets_and_lapsed_leases_are_dropped_from_the_state() {
     // a second that lapsed unsettled; three more are still live.
     let history: Vec<(u64, u64, u64)> = (1..=600).map(|i| (now_s - i, 1, 10)).rev().collect();
     let mut leases: Vec<(String, u64)> = (1..=600)
+        .rev()
         .map(|i| (format!("gone{i}"), now - i * 1000))
         .collect();
     leases.extend((0..3).map(|i| (format!("live{i}"), now + 20_000)));
