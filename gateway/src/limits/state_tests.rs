@@ -262,3 +262,61 @@ async fn a_request_costs_redis_at_most_eight_commands_to_admit_and_settle() {
         inner as f64 / N as f64
     );
 }
+
+/// After Redis's clock steps back, or the lease lifetime is shortened, new
+/// entries land inside the lists rather than at their ends: the lists stay
+/// in order and the totals add up, through admission and settlement.
+#[tokio::test]
+async fn entries_out_of_turn_keep_the_lists_in_order() {
+    let server = RedisServer::start();
+    let redis = Redis::new(&server.config("order:")).unwrap();
+    let l = Limiter::new(
+        Some(redis.clone()),
+        RedisFailureMode::Local,
+        1,
+        Duration::from_secs(30),
+        DAY,
+    );
+    let own = Limits {
+        rpm: Some(100),
+        tpm: Some(100_000),
+        max_concurrency: Some(10),
+        daily_tokens: None,
+    };
+    let s = subject("c1", Limits::default(), own);
+    let now = now_ms();
+    let now_s = now / 1000;
+    // The newest bucket is 30 s ahead, as if the clock had just stepped back;
+    // a lease of an hour was taken before the lifetime became 30 s.
+    let buckets = [
+        (now_s - 10, 1, 100),
+        (now_s + 10, 1, 100),
+        (now_s + 30, 1, 100),
+    ];
+    let leases = [
+        ("early".to_owned(), now + 5_000),
+        ("late".to_owned(), now + 3_600_000),
+    ];
+    let key = state_key(redis.prefix(), "acme");
+    let v = encoded_state(now_s / 86_400, 0, &buckets, &leases);
+    let _: i64 = redis
+        .query(::redis::cmd("HSET").arg(&key).arg("c:c1").arg(v))
+        .await
+        .unwrap();
+    let read = || async {
+        let v: String = redis
+            .query(::redis::cmd("HGET").arg(&key).arg("c:c1"))
+            .await
+            .unwrap();
+        encoded_size(&v)
+    };
+    let (t, h) = l.admit(&s, 1000).await.unwrap();
+    assert_eq!(h.requests.unwrap().remaining, 96);
+    assert_eq!(h.tokens.unwrap().remaining, 100_000 - 1300);
+    assert_eq!(read().await, (4, 3));
+    // Its bucket is now among the older ones: the correction finds it there.
+    l.settle_now(t, usage(100, 0)).await;
+    assert_eq!(read().await, (4, 2));
+    let (_, h) = l.admit(&s, 0).await.unwrap();
+    assert_eq!(h.tokens.unwrap().remaining, 100_000 - 400);
+}

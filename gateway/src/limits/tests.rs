@@ -310,3 +310,105 @@ async fn daily_tokens_refuse_until_midnight_and_settling_corrects_the_day() {
         assert!(l.admit(&s, 1).await.is_err(), "100 + 500 + 400 used");
     }
 }
+
+/// The two backends take the same decisions: one random run of admissions
+/// and settlements (two clients, every limit set, the window crossing
+/// seconds) against both, every verdict and every headroom compared.
+#[tokio::test]
+async fn memory_and_redis_agree_on_a_random_run() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    clear_of_midnight().await;
+    let server = RedisServer::start();
+    let redis = Redis::new(&server.config("same:")).unwrap();
+    let ttl = Duration::from_secs(30);
+    let mode = RedisFailureMode::Local;
+    let both = [
+        Limiter::new(None, mode, 1, ttl, DAY),
+        Limiter::new(Some(redis), mode, 1, ttl, DAY),
+    ];
+    let tenant = Limits {
+        rpm: Some(1000),
+        tpm: Some(30_000),
+        max_concurrency: Some(10),
+        daily_tokens: Some(25_000),
+    };
+    let own = Limits {
+        rpm: Some(300),
+        tpm: Some(8_000),
+        max_concurrency: Some(6),
+        daily_tokens: None,
+    };
+    let mut rng = StdRng::seed_from_u64(20_261_203);
+    let mut held: Vec<[Ticket; 2]> = Vec::new();
+    let (mut admitted, mut refused) = (0, 0);
+    for step in 0..600 {
+        // Keep a few requests in flight, under the concurrency limits.
+        if held.is_empty() || (held.len() < 10 && rng.random_bool(0.6)) {
+            let s = if rng.random_bool(0.5) {
+                subject("c1", tenant, own)
+            } else {
+                subject("c2", tenant, Limits::default())
+            };
+            let tokens = rng.random_range(0..500);
+            let [m, r] = [
+                both[0].admit(&s, tokens).await,
+                both[1].admit(&s, tokens).await,
+            ];
+            match (m, r) {
+                (Ok((tm, hm)), Ok((tr, hr))) => {
+                    assert_eq!(hm, hr.map_reset(&hm), "step {step}: headroom");
+                    held.push([tm, tr]);
+                    admitted += 1;
+                }
+                (
+                    Err(Refusal::Limited {
+                        kind: km,
+                        headroom: hm,
+                        retry_after_ms: rm,
+                    }),
+                    Err(Refusal::Limited {
+                        kind: kr,
+                        headroom: hr,
+                        retry_after_ms: rr,
+                    }),
+                ) => {
+                    assert_eq!(km, kr, "step {step}: refused by");
+                    assert_eq!(rm.is_some(), rr.is_some(), "step {step}: retry");
+                    assert_eq!(hm, hr.map_reset(&hm), "step {step}: headroom");
+                    refused += 1;
+                }
+                (m, r) => panic!("step {step}: memory {m:?}, redis {r:?}"),
+            }
+        } else {
+            let [tm, tr] = held.swap_remove(rng.random_range(0..held.len()));
+            let used = rng.random_range(0..=tm.reserved + 50);
+            let u = usage(used / 2, used - used / 2);
+            both[0].settle_now(tm, u).await;
+            both[1].settle_now(tr, u).await;
+        }
+        if step % 5 == 0 {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    assert!(
+        admitted > 50 && refused > 50,
+        "{admitted} admitted, {refused} refused"
+    );
+}
+
+impl Headroom {
+    /// This headroom with the resets of `other`: the two backends read
+    /// clocks a few ms apart, so only the counts must match.
+    fn map_reset(self, other: &Headroom) -> Headroom {
+        let with = |a: Option<Remaining>, b: Option<Remaining>| {
+            a.map(|a| Remaining {
+                reset_ms: b.map_or(a.reset_ms, |b| b.reset_ms),
+                ..a
+            })
+        };
+        Headroom {
+            requests: with(self.requests, other.requests),
+            tokens: with(self.tokens, other.tokens),
+        }
+    }
+}
