@@ -5,10 +5,10 @@
 -- KEYS[1]      the tenant's limiter state: a hash with one field per subject
 --              (`t` the tenant, `c:<client>` a client) and `x`, the unix
 --              second the key was last set to expire at
--- ARGV[1]      lease id          ARGV[2] tokens reserved     ARGV[3] lease ttl (ms)
--- ARGV[1+3i]   subject of dimension i     ARGV[3+3i]   its limit
--- ARGV[2+3i]   its kind: r (requests/min), t (tokens/min), c (concurrency), d (daily tokens)
--- Returns {1, second, rq_limit, rq_remaining, rq_reset_ms, tk_limit, tk_remaining, tk_reset_ms}
+-- ARGV[1]      tokens reserved   ARGV[2] lease ttl (ms)
+-- ARGV[3i]     subject of dimension i     ARGV[2+3i]   its limit
+-- ARGV[1+3i]   its kind: r (requests/min), t (tokens/min), c (concurrency), d (daily tokens)
+-- Returns {1, second, rq_limit, rq_remaining, rq_reset_ms, tk_limit, tk_remaining, tk_reset_ms, lease deadline ms}
 --      or {0, i, retry_after_ms (-1: never), rq_limit, ...}; limits of -1: none apply.
 --
 -- Redis runs TIME, one HMGET, and on admission one HSET: the decision needs
@@ -19,14 +19,14 @@ local now_s = tonumber(t[1])
 local now_ms = now_s * 1000 + math.floor(tonumber(t[2]) / 1000)
 local today = math.floor(now_s / 86400)
 local key = KEYS[1]
-local lease = ARGV[1]
-local tokens = tonumber(ARGV[2])
-local ttl = tonumber(ARGV[3])
-local n = (#ARGV - 3) / 3
+local tokens = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local deadline = now_ms + ttl
+local n = (#ARGV - 2) / 3
 
-local function subject(i) return ARGV[1 + 3 * i] end
-local function kind(i) return ARGV[2 + 3 * i] end
-local function limit(i) return tonumber(ARGV[3 + 3 * i]) end
+local function subject(i) return ARGV[3 * i] end
+local function kind(i) return ARGV[1 + 3 * i] end
+local function limit(i) return tonumber(ARGV[2 + 3 * i]) end
 
 local fields, states = {}, {}
 for i = 1, n do
@@ -36,7 +36,7 @@ for i = 1, n do
     states[s] = true
   end
 end
-if #fields == 0 then return {1, now_s, -1, 0, 0, -1, 0, 0} end
+if #fields == 0 then return {1, now_s, -1, 0, 0, -1, 0, 0, deadline} end
 fields[#fields + 1] = 'x'
 local v = redis.call('HMGET', key, unpack(fields))
 local expires = tonumber(v[#fields])
@@ -119,7 +119,7 @@ for _, s in ipairs(fields) do
   st.used = st.used + tokens
 end
 for i = 1, n do
-  if kind(i) == 'c' then add_lease(states[subject(i)], lease, now_ms + ttl) end
+  if kind(i) == 'c' then add_lease(states[subject(i)], deadline) end
 end
 
 local args = {}
@@ -138,4 +138,4 @@ redis.call('HSET', key, unpack(args))
 if renew then redis.call('EXPIRE', key, 2 * keep) end
 
 local h = headroom()
-return {1, now_s, h[1], h[2], h[3], h[4], h[5], h[6]}
+return {1, now_s, h[1], h[2], h[3], h[4], h[5], h[6], deadline}

@@ -62,7 +62,8 @@ pub struct Ticket {
     /// The tenant's limiter state: its Redis hash, or its entry in memory.
     state_key: String,
     dims: Vec<Dim>,
-    lease_id: String,
+    /// When its leases lapse: what settlement gives them back by.
+    lease_deadline_ms: u64,
     second: u64,
     reserved: u64,
     tenant: String,
@@ -161,12 +162,11 @@ impl Limiter {
 
     /// Checks and debits every limit of `s` for one request reserving `tokens`.
     pub async fn admit(&self, s: &Subject<'_>, tokens: u64) -> Result<(Ticket, Headroom), Refusal> {
-        let lease_id = uuid::Uuid::new_v4().simple().to_string();
         let ttl_ms = self.lease_ttl.as_millis() as u64;
         if let Some(redis) = self.redis.as_ref().filter(|_| self.redis_up()) {
             let (key, dims) = self.dims(s, 1, redis.prefix());
-            match redis::admit(redis, &key, &dims, &lease_id, tokens, ttl_ms).await {
-                Ok(v) => return self.ticket(v, (key, dims), lease_id, tokens, s, Place::Shared),
+            match redis::admit(redis, &key, &dims, tokens, ttl_ms).await {
+                Ok(v) => return self.ticket(v, (key, dims), tokens, s, Place::Shared),
                 Err(e) => self.mark_redis_down(&e.to_string()),
             }
         }
@@ -177,7 +177,7 @@ impl Limiter {
                 let t = Ticket {
                     state_key: String::new(),
                     dims: Vec::new(),
-                    lease_id,
+                    lease_deadline_ms: 0,
                     second: now_ms() / 1000,
                     reserved: tokens,
                     tenant: s.tenant.to_owned(),
@@ -190,27 +190,30 @@ impl Limiter {
         };
         let (key, dims) = self.dims(s, share, "local:");
         let verdict = match self.local.lock() {
-            Ok(mut c) => c.admit(now_ms(), &key, &dims, &lease_id, tokens, ttl_ms),
+            Ok(mut c) => c.admit(now_ms(), &key, &dims, tokens, ttl_ms),
             Err(_) => return Err(Refusal::Unavailable),
         };
-        self.ticket(verdict, (key, dims), lease_id, tokens, s, place)
+        self.ticket(verdict, (key, dims), tokens, s, place)
     }
 
     fn ticket(
         &self,
         v: Verdict,
         (state_key, dims): (String, Vec<Dim>),
-        lease_id: String,
         reserved: u64,
         s: &Subject<'_>,
         place: Place,
     ) -> Result<(Ticket, Headroom), Refusal> {
         match v {
-            Verdict::Admitted { second, headroom } => Ok((
+            Verdict::Admitted {
+                second,
+                deadline_ms,
+                headroom,
+            } => Ok((
                 Ticket {
                     state_key,
                     dims,
-                    lease_id,
+                    lease_deadline_ms: deadline_ms,
                     second,
                     reserved,
                     tenant: s.tenant.to_owned(),
@@ -252,7 +255,7 @@ impl Limiter {
             c.settle(
                 &ticket.state_key,
                 &ticket.dims,
-                &ticket.lease_id,
+                ticket.lease_deadline_ms,
                 ticket.second,
                 delta,
             );

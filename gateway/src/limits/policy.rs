@@ -88,8 +88,13 @@ pub struct Remaining {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Admitted; `second` is the window bucket the request was charged to.
-    Admitted { second: u64, headroom: Headroom },
+    /// Admitted; `second` is the window bucket the request was charged to,
+    /// `deadline_ms` when its leases lapse unless given back first.
+    Admitted {
+        second: u64,
+        deadline_ms: u64,
+        headroom: Headroom,
+    },
     /// Refused; `retry_after_ms` is when it could pass (`None`: never, the
     /// request alone is larger than the limit).
     Limited {
@@ -109,8 +114,10 @@ pub struct State {
     buckets: BTreeMap<u64, (u64, u64)>,
     /// (UTC day, tokens used on it).
     daily: (u64, u64),
-    /// Lease id → deadline, unix ms.
-    leases: HashMap<String, u64>,
+    /// Deadline (unix ms) → leases that lapse then. A lease is known by its
+    /// deadline alone: leases with one deadline lapse together, so giving
+    /// back any one of them is giving back the request's own.
+    leases: BTreeMap<u64, u64>,
 }
 
 /// The requests (`0`) or tokens (`1`) of a bucket.
@@ -128,7 +135,11 @@ impl State {
     fn prune(&mut self, now_ms: u64) {
         let keep_from = (now_ms / 1000).saturating_sub(WINDOW_SECS - 1);
         self.buckets = self.buckets.split_off(&keep_from);
-        self.leases.retain(|_, until| *until > now_ms);
+        self.leases = self.leases.split_off(&(now_ms + 1));
+    }
+
+    fn held(&self) -> u64 {
+        self.leases.values().sum()
     }
 
     fn total(&self, kind: LimitKind) -> u64 {
@@ -174,7 +185,7 @@ impl State {
     /// Buckets and leases held; what the tests bound.
     #[cfg(test)]
     pub fn size(&self) -> (usize, usize) {
-        (self.buckets.len(), self.leases.len())
+        (self.buckets.len(), self.held() as usize)
     }
 }
 
@@ -193,7 +204,6 @@ impl Counters {
         now_ms: u64,
         key: &str,
         dims: &[Dim],
-        lease_id: &str,
         tokens: u64,
         lease_ttl_ms: u64,
     ) -> Verdict {
@@ -217,9 +227,7 @@ impl Counters {
                     (st.total(d.kind) + amount > d.limit)
                         .then(|| st.retry_after_ms(d.kind, now_ms, d.limit, amount))
                 }
-                LimitKind::Concurrency => {
-                    (st.leases.len() as u64 + 1 > d.limit).then_some(Some(1000))
-                }
+                LimitKind::Concurrency => (st.held() + 1 > d.limit).then_some(Some(1000)),
                 LimitKind::DailyTokens => {
                     let until_midnight = ((today + 1) * DAY_SECS * 1000).saturating_sub(now_ms);
                     (st.used_on(today) + tokens > d.limit)
@@ -237,24 +245,28 @@ impl Counters {
         for s in subjects(dims) {
             states.entry(s.to_owned()).or_default().debit(now_s, tokens);
         }
+        let deadline_ms = now_ms + lease_ttl_ms;
         for d in dims.iter().filter(|d| d.kind == LimitKind::Concurrency) {
-            states
+            *states
                 .entry(d.subject.clone())
                 .or_default()
                 .leases
-                .insert(lease_id.to_owned(), now_ms + lease_ttl_ms);
+                .entry(deadline_ms)
+                .or_default() += 1;
         }
         Verdict::Admitted {
             second: now_s,
+            deadline_ms,
             headroom: headroom(states, now_ms, dims),
         }
     }
 
     /// The request ended: corrects its token charge by `delta` (actual −
     /// reserved) in the bucket and the day it was charged to, clamped at 0,
-    /// and gives its leases back. A bucket already out of the window is
-    /// gone, or no longer counted: nothing to correct.
-    pub fn settle(&mut self, key: &str, dims: &[Dim], lease_id: &str, second: u64, delta: i64) {
+    /// and gives back its leases (those with its `deadline_ms`; a lapsed one
+    /// is gone already). A bucket already out of the window is gone, or no
+    /// longer counted: nothing to correct.
+    pub fn settle(&mut self, key: &str, dims: &[Dim], deadline_ms: u64, second: u64, delta: i64) {
         let Some(states) = self.tenants.get_mut(key) else {
             return;
         };
@@ -268,7 +280,17 @@ impl Counters {
             if st.daily.0 == second / DAY_SECS {
                 st.daily.1 = st.daily.1.saturating_add_signed(delta);
             }
-            st.leases.remove(lease_id);
+        }
+        for d in dims.iter().filter(|d| d.kind == LimitKind::Concurrency) {
+            let leases = states.get_mut(&d.subject).map(|st| &mut st.leases);
+            if let Some(leases) = leases
+                && let Some(n) = leases.get_mut(&deadline_ms)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    leases.remove(&deadline_ms);
+                }
+            }
         }
     }
 

@@ -38,11 +38,10 @@ pub async fn admit(
     redis: &Redis,
     key: &str,
     dims: &[Dim],
-    lease_id: &str,
     tokens: u64,
     ttl_ms: u64,
 ) -> Result<Verdict, StoreError> {
-    let mut args: Vec<String> = vec![lease_id.to_owned(), tokens.to_string(), ttl_ms.to_string()];
+    let mut args: Vec<String> = vec![tokens.to_string(), ttl_ms.to_string()];
     for d in dims {
         args.push(d.subject.clone());
         args.push(d.kind.letter().to_owned());
@@ -50,17 +49,14 @@ pub async fn admit(
     }
     let r: Vec<i64> = redis.script(&ADMIT, &[key.to_owned()], &args).await?;
     let bad = || StoreError::Protocol(format!("unexpected admission answer {r:?}"));
-    if r.len() < 8 {
+    if r.len() < 9 {
         return Err(bad());
     }
     let (h, rest) = if r[0] == 1 {
         (&r[2..8], None)
     } else {
-        (&r[3..9.min(r.len())], Some((r[1], r[2])))
+        (&r[3..9], Some((r[1], r[2])))
     };
-    if h.len() < 6 {
-        return Err(bad());
-    }
     let headroom = Headroom {
         requests: remaining(h[0], h[1], h[2]),
         tokens: remaining(h[3], h[4], h[5]),
@@ -68,6 +64,7 @@ pub async fn admit(
     Ok(match rest {
         None => Verdict::Admitted {
             second: r[1].max(0) as u64,
+            deadline_ms: r[8].max(0) as u64,
             headroom,
         },
         Some((i, retry)) => {
@@ -97,7 +94,7 @@ pub async fn settle(
     ];
     let delta = usage.total_tokens as i64 - t.reserved as i64;
     let mut args: Vec<String> = vec![
-        t.lease_id.clone(),
+        t.lease_deadline_ms.to_string(),
         t.second.to_string(),
         delta.to_string(),
         t.client.clone(),
@@ -105,9 +102,17 @@ pub async fn settle(
         usage.completion_tokens.to_string(),
         retention.as_secs().max(1).to_string(),
     ];
-    let leased = t.dims.iter().any(|d| d.kind == LimitKind::Concurrency);
-    args.push(u8::from(leased).to_string());
-    args.extend(subjects(&t.dims).into_iter().map(str::to_owned));
+    for s in subjects(&t.dims) {
+        let leased = t
+            .dims
+            .iter()
+            .any(|d| d.subject == s && d.kind == LimitKind::Concurrency);
+        args.push(if leased {
+            format!("+{s}")
+        } else {
+            s.to_owned()
+        });
+    }
     let _: i64 = redis.script(&SETTLE, &keys, &args).await?;
     Ok(())
 }

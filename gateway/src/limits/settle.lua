@@ -5,19 +5,26 @@
 --
 -- KEYS[1]      the tenant's limiter state, as at admission
 -- KEYS[2]      the usage hash of its tenant and day
--- ARGV[1] lease id   ARGV[2] second it was charged to   ARGV[3] token delta (actual - reserved)
+-- ARGV[1] its lease deadline (ms)  ARGV[2] second it was charged to  ARGV[3] token delta (actual - reserved)
 -- ARGV[4] client id  ARGV[5] prompt tokens  ARGV[6] completion tokens  ARGV[7] usage retention (s)
--- ARGV[8] 1 if the request holds a lease, else 0     ARGV[9..] the subjects of its limits
+-- ARGV[8..] the subjects of its limits, with a + in front of those it holds a lease of
 --
 -- Redis runs one HMGET and one HSET for the limits (none when there is
 -- nothing to correct), one HMGET and one HSET for the usage, and EXPIRE on a
 -- usage hash it creates. No clock: a bucket that left the window is either
 -- gone or no longer counted, so correcting it changes nothing.
-local lease, second, delta = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local deadline, second, delta = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 
-local fields = {}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
-if #fields > 0 and (delta ~= 0 or ARGV[8] == '1') then
+local fields, leased, any = {}, {}, false
+for i = 8, #ARGV do
+  local s = ARGV[i]
+  if string.sub(s, 1, 1) == '+' then
+    s = string.sub(s, 2)
+    leased[s], any = true, true
+  end
+  fields[#fields + 1] = s
+end
+if #fields > 0 and (delta ~= 0 or any) then
   local v = redis.call('HMGET', KEYS[1], unpack(fields))
   local day = math.floor(second / 86400)
   local args = {}
@@ -29,7 +36,7 @@ if #fields > 0 and (delta ~= 0 or ARGV[8] == '1') then
         add_to_bucket(st, second, 0, delta, false)
         if st.day == day then st.used = math.max(st.used + delta, 0) end
       end
-      drop_lease(st, lease)
+      if leased[s] then drop_lease(st, deadline) end
       args[#args + 1] = s
       args[#args + 1] = encode(st)
     end

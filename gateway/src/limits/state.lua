@@ -4,8 +4,10 @@
 --   "<day> <used> <requests> <tokens> <newest> <its requests> <its tokens> <leases> <latest deadline>|<older buckets>|<leases>"
 -- where <requests> and <tokens> total every bucket listed, <newest> is the
 -- newest bucket's second (0: none), older buckets read "<second> <requests>
--- <tokens>", oldest first, and leases "<id> <deadline ms>", earliest first,
--- <leases> of them, none with a deadline past <latest deadline>.
+-- <tokens>", oldest first, and leases are their deadlines in ms, earliest
+-- first, <leases> of them, none past <latest deadline>. A lease is known
+-- by its deadline alone: leases with one deadline lapse together, so
+-- settlement giving back any one of them gives back its own.
 -- The totals and the order let a script work on the ends of the lists only,
 -- and Lua's pattern functions do the scanning: no loop over every bucket.
 -- Numbers are written with %d: tostring would round past 14 digits.
@@ -54,20 +56,26 @@ local function prune(st, oldest, now_ms)
   end
   local pos = 1
   while true do
-    local _, e, id, d = string.find(st.leases, '^([^ ,]+) (%d+),?', pos)
-    if not id or tonumber(d) > now_ms then break end
+    local _, e, d = string.find(st.leases, '^(%d+),?', pos)
+    if not d or tonumber(d) > now_ms then break end
     st.l = st.l - 1
     pos = e + 1
   end
   if pos > 1 then st.leases = string.sub(st.leases, pos) end
 end
 
--- Where the entry starting with `head` (followed by a space) is in `list`.
-local function find_entry(list, head)
-  local h = head .. ' '
+-- Where the entry `head` followed by `after` starts in `list`: `after` is
+-- ' ' to find a bucket by its second, ',' to find a whole lease, which may
+-- also end the list. Plain finds, no copy of the list.
+local function find_entry(list, head, after)
+  local h = head .. after
   if string.sub(list, 1, #h) == h then return 1 end
   local a = string.find(list, ',' .. h, 1, true)
   if a then return a + 1 end
+  if after == ',' then
+    if list == head then return 1 end
+    if string.sub(list, -(#head + 1)) == ',' .. head then return #list - #head + 1 end
+  end
 end
 
 -- Removes the entry at `a` (found by find_entry) from `list`.
@@ -78,18 +86,14 @@ local function cut(list, a)
   return out
 end
 
--- Puts `entry` into `list` before the first entry whose `field`-th number
--- (1 or 2) is larger than `key`: the lists stay in order.
-local function insert(list, entry, key, field)
+-- Puts `entry` into `list` before the first entry whose first number is
+-- larger than `key`: the lists stay in order.
+local function insert(list, entry, key)
   local pos = 1
-  local pattern = '^(%d+) (%d+)[^,]*,?'
-  if field == 2 then pattern = '^[^ ,]+ ()(%d+),?' end
   while true do
-    local _, e, a, b = string.find(list, pattern, pos)
+    local _, e, k = string.find(list, '^(%d+)[^,]*,?', pos)
     if not e then break end
-    local k = tonumber(a)
-    if field == 2 then k = tonumber(b) end
-    if k > key then
+    if tonumber(k) > key then
       return string.sub(list, 1, pos - 1) .. entry .. ',' .. string.sub(list, pos)
     end
     pos = e + 1
@@ -108,7 +112,7 @@ local function add_to_bucket(st, sec, dr, dt, create)
     return
   end
   local key = string.format('%d', sec)
-  local a = find_entry(st.buckets, key)
+  local a = find_entry(st.buckets, key, ' ')
   if a then
     local _, e, r, t = string.find(st.buckets, '^%d+ (%d+) (%d+)', a)
     r, t = tonumber(r), tonumber(t)
@@ -126,27 +130,26 @@ local function add_to_bucket(st, sec, dr, dt, create)
     st.s, st.sr, st.st = sec, dr, dt
   else
     -- Redis's clock stepped back: the bucket goes among the older ones, in order.
-    st.buckets = insert(st.buckets, string.format('%s %d %d', key, dr, dt), sec, 1)
+    st.buckets = insert(st.buckets, string.format('%s %d %d', key, dr, dt), sec)
   end
   st.r, st.t = st.r + dr, st.t + dt
 end
 
-local function drop_lease(st, id)
-  local a = find_entry(st.leases, id)
+-- Gives back one lease ending at `deadline` (a string), if one is held.
+local function drop_lease(st, deadline)
+  local a = find_entry(st.leases, deadline, ',')
   if not a then return end
   st.leases = cut(st.leases, a)
   st.l = st.l - 1
 end
 
--- A lease id is held once, as a key of a map would be.
-local function add_lease(st, id, deadline)
-  drop_lease(st, id)
-  local entry = id .. string.format(' %d', deadline)
+local function add_lease(st, deadline)
+  local entry = string.format('%d', deadline)
   if deadline >= st.ld then
     st.leases = append(st.leases, entry)
     st.ld = deadline
   else
-    st.leases = insert(st.leases, entry, deadline, 2)
+    st.leases = insert(st.leases, entry, deadline)
   end
   st.l = st.l + 1
 end

@@ -57,12 +57,7 @@ async fn every_key_written_has_a_ttl() {
 
 /// The limiter state of one subject in the Redis format (`state.lua`), from
 /// its buckets, oldest first, and its leases, earliest deadline first.
-fn encoded_state(
-    day: u64,
-    used: u64,
-    buckets: &[(u64, u64, u64)],
-    leases: &[(String, u64)],
-) -> String {
+fn encoded_state(day: u64, used: u64, buckets: &[(u64, u64, u64)], leases: &[u64]) -> String {
     let (r, t) = buckets.iter().fold((0, 0), |(r, t), b| (r + b.1, t + b.2));
     let ((s, sr, st), older) = match buckets.split_last() {
         Some((newest, older)) => (*newest, older),
@@ -72,11 +67,8 @@ fn encoded_state(
         .iter()
         .map(|(s, r, t)| format!("{s} {r} {t}"))
         .collect();
-    let l: Vec<String> = leases
-        .iter()
-        .map(|(id, until)| format!("{id} {until}"))
-        .collect();
-    let latest = leases.iter().map(|l| l.1).max().unwrap_or(0);
+    let l: Vec<String> = leases.iter().map(u64::to_string).collect();
+    let latest = leases.iter().copied().max().unwrap_or(0);
     format!(
         "{day} {used} {r} {t} {s} {sr} {st} {} {latest}|{}|{}",
         leases.len(),
@@ -105,8 +97,7 @@ fn encoded_size(v: &str) -> (usize, usize) {
     assert_eq!(head[7] as usize, leases.len(), "lease count of {v}");
     let seconds: Vec<u64> = older.iter().map(|b| b[0]).chain([head[4]]).collect();
     assert!(seconds.is_sorted(), "buckets in order: {v}");
-    // A lease reads "<id> <deadline>": its id may parse as a number too.
-    let deadlines: Vec<u64> = leases.iter().filter_map(|l| l.last().copied()).collect();
+    let deadlines: Vec<u64> = leases.iter().map(|l| l[0]).collect();
     assert!(deadlines.is_sorted(), "leases in order: {v}");
     (older.len() + usize::from(head[4] > 0), leases.len())
 }
@@ -126,11 +117,8 @@ async fn stale_buckets_and_lapsed_leases_are_dropped_from_the_state() {
     // Ten minutes of history, the last 59 s still in the window, and a lease
     // a second that lapsed unsettled; three more are still live.
     let history: Vec<(u64, u64, u64)> = (1..=600).map(|i| (now_s - i, 1, 10)).rev().collect();
-    let mut leases: Vec<(String, u64)> = (1..=600)
-        .rev()
-        .map(|i| (format!("gone{i}"), now - i * 1000))
-        .collect();
-    leases.extend((0..3).map(|i| (format!("live{i}"), now + 20_000)));
+    let mut leases: Vec<u64> = (1..=600).rev().map(|i| now - i * 1000).collect();
+    leases.extend([now + 20_000; 3]);
     for (l, _server) in backends(RedisFailureMode::Local) {
         let s = subject("c1", Limits::default(), own);
         let key = match &l.redis {
@@ -151,14 +139,13 @@ async fn stale_buckets_and_lapsed_leases_are_dropped_from_the_state() {
                 let key = state_key("local:", "acme");
                 let (_, dims) = l.dims(&s, 1, "local:");
                 let mut c = l.local.lock().unwrap();
-                for (i, (sec, _, _)) in history.iter().enumerate() {
-                    let at = sec * 1000;
+                for (sec, _, _) in &history {
                     // Each lease lapses a second after it was taken, like the ones above.
-                    let v = c.admit(at, &key, &dims, &format!("gone{i}"), 0, 1000);
+                    let v = c.admit(sec * 1000, &key, &dims, 0, 1000);
                     assert!(matches!(v, Verdict::Admitted { .. }), "{v:?}");
                 }
-                for i in 0..3 {
-                    c.admit(now, &key, &dims, &format!("live{i}"), 0, 20_000);
+                for _ in 0..3 {
+                    c.admit(now, &key, &dims, 0, 20_000);
                 }
                 key
             }
@@ -293,10 +280,7 @@ async fn entries_out_of_turn_keep_the_lists_in_order() {
         (now_s + 10, 1, 100),
         (now_s + 30, 1, 100),
     ];
-    let leases = [
-        ("early".to_owned(), now + 5_000),
-        ("late".to_owned(), now + 3_600_000),
-    ];
+    let leases = [now + 5_000, now + 3_600_000];
     let key = state_key(redis.prefix(), "acme");
     let v = encoded_state(now_s / 86_400, 0, &buckets, &leases);
     let _: i64 = redis
