@@ -1,42 +1,70 @@
 -- Admission: checks every limit of a client and its tenant, then debits all
--- of them or none. The model of this script is limits/policy.rs (`Counters`).
+-- of them or none. The model of this script is limits/policy.rs
+-- (`Counters::admit`); it runs after state.lua, which reads and writes a subject.
 --
--- KEYS[i]      the counter of dimension i (all under the tenant's {hash tag})
--- ARGV[1]      lease id          ARGV[2] tokens reserved     ARGV[3] lease ttl (ms)
--- ARGV[2+2i]   kind of dimension i: r (requests/min), t (tokens/min), c (concurrency), d (daily tokens)
--- ARGV[3+2i]   its limit
--- Returns {1, second, rq_limit, rq_remaining, rq_reset_ms, tk_limit, tk_remaining, tk_reset_ms}
+-- KEYS[1]      the tenant's limiter state: a hash with one field per subject
+--              (`t` the tenant, `c:<client>` a client) and `x`, the unix
+--              second the key was last set to expire at
+-- ARGV[1]      tokens reserved   ARGV[2] lease ttl (ms)
+-- ARGV[3i]     subject of dimension i     ARGV[2+3i]   its limit
+-- ARGV[1+3i]   its kind: r (requests/min), t (tokens/min), c (concurrency), d (daily tokens)
+-- Returns {1, second, rq_limit, rq_remaining, rq_reset_ms, tk_limit, tk_remaining, tk_reset_ms, lease deadline ms}
 --      or {0, i, retry_after_ms (-1: never), rq_limit, ...}; limits of -1: none apply.
+--
+-- Redis runs TIME, one HMGET, and on admission one HSET: the decision needs
+-- nothing else. EXPIRE is added only when the key's expiry comes within a day
+-- (and a lease) of now, so about once a day per tenant.
 local t = redis.call('TIME')
 local now_s = tonumber(t[1])
 local now_ms = now_s * 1000 + math.floor(tonumber(t[2]) / 1000)
 local today = math.floor(now_s / 86400)
-local lease = ARGV[1]
-local tokens = tonumber(ARGV[2])
-local ttl = tonumber(ARGV[3])
-local n = #KEYS
-local windows = {}
+local key = KEYS[1]
+local tokens = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local deadline = now_ms + ttl
+local n = (#ARGV - 2) / 3
 
-local function kind(i) return ARGV[2 + 2 * i] end
-local function limit(i) return tonumber(ARGV[3 + 2 * i]) end
+local function subject(i) return ARGV[3 * i] end
+local function kind(i) return ARGV[1 + 3 * i] end
+local function limit(i) return tonumber(ARGV[2 + 3 * i]) end
 
-local function window(i)
-  if windows[i] then return windows[i] end
-  local h = redis.call('HGETALL', KEYS[i])
-  local stale, b, total = {}, {}, 0
-  for j = 1, #h, 2 do
-    local s, v = tonumber(h[j]), tonumber(h[j + 1])
-    if s <= now_s - 60 then
-      stale[#stale + 1] = h[j]
-    else
-      total = total + v
-      b[#b + 1] = {s, v}
-    end
+local fields, states = {}, {}
+for i = 1, n do
+  local s = subject(i)
+  if not states[s] then
+    fields[#fields + 1] = s
+    states[s] = true
   end
-  if #stale > 0 then redis.call('HDEL', KEYS[i], unpack(stale)) end
-  table.sort(b, function(x, y) return x[1] < y[1] end)
-  windows[i] = {total = total, buckets = b}
-  return windows[i]
+end
+if #fields == 0 then return {1, now_s, -1, 0, 0, -1, 0, 0, deadline} end
+fields[#fields + 1] = 'x'
+local v = redis.call('HMGET', key, unpack(fields))
+local expires = tonumber(v[#fields])
+fields[#fields] = nil
+for j, s in ipairs(fields) do
+  states[s] = decode(v[j])
+  prune(states[s], now_s - 59, now_ms)
+end
+
+-- What a dimension of kind r (requests) or t (tokens) has in the window.
+local function total(st, k)
+  if k == 'r' then return st.r end
+  return st.t
+end
+
+-- When `amount` more of kind k fits under `l` (units leave 60 s after their second).
+local function retry_after(st, k, amount, l)
+  local used, freed = total(st, k), 0
+  local function frees(sec, r, t)
+    if k == 'r' then freed = freed + r else freed = freed + t end
+    if used - freed + amount <= l then return math.max((sec + 60) * 1000 - now_ms, 1) end
+  end
+  for sec, r, t in string.gmatch(st.buckets, '(%d+) (%d+) (%d+)') do
+    local ms = frees(tonumber(sec), tonumber(r), tonumber(t))
+    if ms then return ms end
+  end
+  if st.s > 0 then return frees(st.s, st.sr, st.st) or 1 end
+  return 1
 end
 
 local function headroom()
@@ -44,11 +72,10 @@ local function headroom()
   for i = 1, n do
     local k = kind(i)
     if k == 'r' or k == 't' then
-      local w = window(i)
-      local last = w.buckets[#w.buckets]
+      local st = states[subject(i)]
       local reset = 0
-      if last then reset = math.max((last[1] + 60) * 1000 - now_ms, 0) end
-      local rem = math.max(limit(i) - w.total, 0)
+      if st.s > 0 then reset = math.max((st.s + 60) * 1000 - now_ms, 0) end
+      local rem = math.max(limit(i) - total(st, k), 0)
       local o = 0
       if k == 't' then o = 3 end
       if out[o + 1] == -1 or rem < out[o + 2] then
@@ -65,30 +92,19 @@ local function refuse(i, retry)
 end
 
 for i = 1, n do
-  local k, l = kind(i), limit(i)
+  local k, l, st = kind(i), limit(i), states[subject(i)]
   if k == 'r' or k == 't' then
-    local w = window(i)
     local amount = tokens
     if k == 'r' then amount = 1 end
-    if w.total + amount > l then
+    if total(st, k) + amount > l then
       if amount > l then return refuse(i, -1) end
-      local freed, retry = 0, 1
-      for _, b in ipairs(w.buckets) do
-        freed = freed + b[2]
-        if w.total - freed + amount <= l then
-          retry = math.max((b[1] + 60) * 1000 - now_ms, 1)
-          break
-        end
-      end
-      return refuse(i, retry)
+      return refuse(i, retry_after(st, k, amount, l))
     end
   elseif k == 'c' then
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now_ms)
-    if redis.call('ZCARD', KEYS[i]) + 1 > l then return refuse(i, 1000) end
+    if st.l + 1 > l then return refuse(i, 1000) end
   elseif k == 'd' then
-    local d = redis.call('HMGET', KEYS[i], 'day', 'used')
     local used = 0
-    if tonumber(d[1]) == today then used = tonumber(d[2]) or 0 end
+    if st.day == today then used = st.used end
     if used + tokens > l then
       if tokens > l then return refuse(i, -1) end
       return refuse(i, (today + 1) * 86400000 - now_ms)
@@ -96,30 +112,30 @@ for i = 1, n do
   end
 end
 
+for _, s in ipairs(fields) do
+  local st = states[s]
+  add_to_bucket(st, now_s, 1, tokens, true)
+  if st.day ~= today then st.day, st.used = today, 0 end
+  st.used = st.used + tokens
+end
 for i = 1, n do
-  local k = kind(i)
-  if k == 'r' or k == 't' then
-    local amount = tokens
-    if k == 'r' then amount = 1 end
-    redis.call('HINCRBY', KEYS[i], now_s, amount)
-    redis.call('PEXPIRE', KEYS[i], 61000)
-    local w = window(i)
-    w.total = w.total + amount
-    local last = w.buckets[#w.buckets]
-    if not last or last[1] ~= now_s then w.buckets[#w.buckets + 1] = {now_s, amount} end
-  elseif k == 'c' then
-    redis.call('ZADD', KEYS[i], now_ms + ttl, lease)
-    redis.call('PEXPIRE', KEYS[i], ttl)
-  elseif k == 'd' then
-    local d = redis.call('HGET', KEYS[i], 'day')
-    if tonumber(d) == today then
-      redis.call('HINCRBY', KEYS[i], 'used', tokens)
-    else
-      redis.call('HSET', KEYS[i], 'day', today, 'used', tokens)
-    end
-    redis.call('EXPIRE', KEYS[i], 172800)
-  end
+  if kind(i) == 'c' then add_lease(states[subject(i)], deadline) end
 end
 
+local args = {}
+for _, s in ipairs(fields) do
+  args[#args + 1] = s
+  args[#args + 1] = encode(states[s])
+end
+-- The key must outlive today's daily counter and every lease in it.
+local keep = 86400 + math.ceil(ttl / 1000)
+local renew = not expires or expires - now_s < keep
+if renew then
+  args[#args + 1] = 'x'
+  args[#args + 1] = string.format('%d', now_s + 2 * keep)
+end
+redis.call('HSET', key, unpack(args))
+if renew then redis.call('EXPIRE', key, 2 * keep) end
+
 local h = headroom()
-return {1, now_s, h[1], h[2], h[3], h[4], h[5], h[6]}
+return {1, now_s, h[1], h[2], h[3], h[4], h[5], h[6], deadline}

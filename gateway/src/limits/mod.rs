@@ -2,7 +2,8 @@
 //! per tenant, checked and debited in one step, settled when the request ends.
 //!
 //! - `policy`: the arithmetic (sliding windows, leases, daily budget), pure
-//! - `redis`: the same semantics as two Lua scripts (admit, settle), one call each
+//! - `redis`: the same semantics as two Lua scripts (admit, settle), one call
+//!   each, on one hash of limiter state per tenant
 //! - `usage`: usage metering for billing (requests and tokens per tenant, client, day)
 //!
 //! With Redis configured every replica shares the counters; when Redis is
@@ -58,8 +59,11 @@ enum Place {
 /// An admitted request's claim on the limits. Settle it with [`Limiter::settle`].
 #[derive(Debug)]
 pub struct Ticket {
+    /// The tenant's limiter state: its Redis hash, or its entry in memory.
+    state_key: String,
     dims: Vec<Dim>,
-    lease_id: String,
+    /// When its leases lapse: what settlement gives them back by.
+    lease_deadline_ms: u64,
     second: u64,
     reserved: u64,
     tenant: String,
@@ -111,34 +115,36 @@ impl Limiter {
         &self.book
     }
 
-    /// The counters a request of `s` must pass, each limit divided by `share`.
-    /// Keys carry the tenant as hash tag so one script's keys share a cluster slot.
-    fn dims(&self, s: &Subject<'_>, share: u64, prefix: &str) -> Vec<Dim> {
+    /// The limits a request of `s` must pass, each divided by `share`, and
+    /// the key of the tenant state holding their counters. The key carries
+    /// the tenant as hash tag, as its usage keys do, so a script's keys share
+    /// a cluster slot.
+    fn dims(&self, s: &Subject<'_>, share: u64, prefix: &str) -> (String, Vec<Dim>) {
         let mut dims = Vec::with_capacity(8);
         let scopes = [
             (
-                format!("{prefix}{{{}}}:c:{}", s.tenant, s.client),
+                format!("c:{}", s.client),
                 client_effective(&s.client_limits, &s.tenant_limits),
             ),
-            (format!("{prefix}{{{}}}:t", s.tenant), s.tenant_limits),
+            ("t".to_owned(), s.tenant_limits),
         ];
-        for (base, l) in scopes {
-            for (kind, limit, suffix) in [
-                (LimitKind::RequestsPerMinute, l.rpm, "rpm"),
-                (LimitKind::TokensPerMinute, l.tpm, "tpm"),
-                (LimitKind::Concurrency, l.max_concurrency, "conc"),
-                (LimitKind::DailyTokens, l.daily_tokens, "daily"),
+        for (subject, l) in scopes {
+            for (kind, limit) in [
+                (LimitKind::RequestsPerMinute, l.rpm),
+                (LimitKind::TokensPerMinute, l.tpm),
+                (LimitKind::Concurrency, l.max_concurrency),
+                (LimitKind::DailyTokens, l.daily_tokens),
             ] {
                 if let Some(limit) = limit {
                     dims.push(Dim {
-                        key: format!("{base}:{suffix}"),
+                        subject: subject.clone(),
                         kind,
                         limit: (limit / share).max(1),
                     });
                 }
             }
         }
-        dims
+        (state_key(prefix, s.tenant), dims)
     }
 
     fn redis_up(&self) -> bool {
@@ -156,12 +162,11 @@ impl Limiter {
 
     /// Checks and debits every limit of `s` for one request reserving `tokens`.
     pub async fn admit(&self, s: &Subject<'_>, tokens: u64) -> Result<(Ticket, Headroom), Refusal> {
-        let lease_id = uuid::Uuid::new_v4().simple().to_string();
         let ttl_ms = self.lease_ttl.as_millis() as u64;
         if let Some(redis) = self.redis.as_ref().filter(|_| self.redis_up()) {
-            let dims = self.dims(s, 1, redis.prefix());
-            match redis::admit(redis, &dims, &lease_id, tokens, ttl_ms).await {
-                Ok(v) => return self.ticket(v, dims, lease_id, tokens, s, Place::Shared),
+            let (key, dims) = self.dims(s, 1, redis.prefix());
+            match redis::admit(redis, &key, &dims, tokens, ttl_ms).await {
+                Ok(v) => return self.ticket(v, (key, dims), tokens, s, Place::Shared),
                 Err(e) => self.mark_redis_down(&e.to_string()),
             }
         }
@@ -170,8 +175,9 @@ impl Limiter {
             (true, RedisFailureMode::Local) => (Place::Local, self.replicas),
             (true, RedisFailureMode::Open) => {
                 let t = Ticket {
+                    state_key: String::new(),
                     dims: Vec::new(),
-                    lease_id,
+                    lease_deadline_ms: 0,
                     second: now_ms() / 1000,
                     reserved: tokens,
                     tenant: s.tenant.to_owned(),
@@ -182,28 +188,32 @@ impl Limiter {
             }
             (true, RedisFailureMode::Closed) => return Err(Refusal::Unavailable),
         };
-        let dims = self.dims(s, share, "local:");
+        let (key, dims) = self.dims(s, share, "local:");
         let verdict = match self.local.lock() {
-            Ok(mut c) => c.admit(now_ms(), &dims, &lease_id, tokens, ttl_ms),
+            Ok(mut c) => c.admit(now_ms(), &key, &dims, tokens, ttl_ms),
             Err(_) => return Err(Refusal::Unavailable),
         };
-        self.ticket(verdict, dims, lease_id, tokens, s, place)
+        self.ticket(verdict, (key, dims), tokens, s, place)
     }
 
     fn ticket(
         &self,
         v: Verdict,
-        dims: Vec<Dim>,
-        lease_id: String,
+        (state_key, dims): (String, Vec<Dim>),
         reserved: u64,
         s: &Subject<'_>,
         place: Place,
     ) -> Result<(Ticket, Headroom), Refusal> {
         match v {
-            Verdict::Admitted { second, headroom } => Ok((
+            Verdict::Admitted {
+                second,
+                deadline_ms,
+                headroom,
+            } => Ok((
                 Ticket {
+                    state_key,
                     dims,
-                    lease_id,
+                    lease_deadline_ms: deadline_ms,
                     second,
                     reserved,
                     tenant: s.tenant.to_owned(),
@@ -242,7 +252,13 @@ impl Limiter {
             && let Ok(mut c) = self.local.lock()
         {
             let delta = usage.total_tokens as i64 - ticket.reserved as i64;
-            c.settle(&ticket.dims, &ticket.lease_id, ticket.second, delta);
+            c.settle(
+                &ticket.state_key,
+                &ticket.dims,
+                ticket.lease_deadline_ms,
+                ticket.second,
+                delta,
+            );
         }
         self.book
             .record_local(&ticket.tenant, &ticket.client, ticket.second, usage);
@@ -265,6 +281,11 @@ impl Limiter {
                 .record_local(&ticket.tenant, &ticket.client, ticket.second, &usage);
         }
     }
+}
+
+/// The key of a tenant's limiter state.
+fn state_key(prefix: &str, tenant: &str) -> String {
+    format!("{prefix}{{{tenant}}}:limits")
 }
 
 /// A client's own limits, each falling back to its tenant's.
@@ -290,6 +311,8 @@ pub fn reset_text(ms: u64) -> String {
     }
 }
 
+#[cfg(test)]
+mod state_tests;
 #[cfg(test)]
 mod tests;
 

@@ -7,8 +7,13 @@
 //!   when their deadline passes (a gateway died holding them).
 //! - Daily tokens: a counter per UTC day.
 //!
-//! The Redis script (`admit.lua`) implements exactly this; one test suite
-//! runs against both backends.
+//! The counters are kept per *subject*: the tenant as a whole (`t`) and each
+//! of its clients (`c:<client>`). One subject's [`State`] holds everything
+//! its limits need, so a request touches at most two of them, both stored
+//! under its tenant: in Redis one hash per tenant with one field per subject,
+//! which lets a script read and write every counter of a request in one
+//! command each. The Redis scripts (`admit.lua`, `settle.lua`) implement
+//! exactly this; one test suite runs against both backends.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -45,12 +50,24 @@ impl LimitKind {
     }
 }
 
-/// One limit to check: a counter (`key`) of a kind with its limit.
+/// One limit to check: a kind with its limit, on a subject (`t`, or
+/// `c:<client>`) of the tenant whose state the request is checked against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dim {
-    pub key: String,
+    pub subject: String,
     pub kind: LimitKind,
     pub limit: u64,
+}
+
+/// The subjects of `dims`, each once, in the order they first appear.
+pub fn subjects(dims: &[Dim]) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::with_capacity(2);
+    for d in dims {
+        if !out.contains(&d.subject.as_str()) {
+            out.push(&d.subject);
+        }
+    }
+    out
 }
 
 /// Remaining capacity of the tightest requests and tokens windows, for the
@@ -71,8 +88,13 @@ pub struct Remaining {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Admitted; `second` is the window bucket the request was charged to.
-    Admitted { second: u64, headroom: Headroom },
+    /// Admitted; `second` is the window bucket the request was charged to,
+    /// `deadline_ms` when its leases lapse unless given back first.
+    Admitted {
+        second: u64,
+        deadline_ms: u64,
+        headroom: Headroom,
+    },
     /// Refused; `retry_after_ms` is when it could pass (`None`: never, the
     /// request alone is larger than the limit).
     Limited {
@@ -82,31 +104,57 @@ pub enum Verdict {
     },
 }
 
-/// A sliding window of one-second buckets.
-#[derive(Debug, Default, Clone)]
-pub struct Window {
-    buckets: BTreeMap<u64, u64>,
+/// Everything one subject's limits count. Every admission of a subject
+/// debits its buckets and its day, whichever of its limits are set, so that
+/// one record serves all four kinds; leases are taken only where concurrency
+/// is limited.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct State {
+    /// Second → (requests, tokens) admitted in it.
+    buckets: BTreeMap<u64, (u64, u64)>,
+    /// (UTC day, tokens used on it).
+    daily: (u64, u64),
+    /// Deadline (unix ms) → leases that lapse then. A lease is known by its
+    /// deadline alone: leases with one deadline lapse together, so giving
+    /// back any one of them is giving back the request's own.
+    leases: BTreeMap<u64, u64>,
 }
 
-impl Window {
-    fn prune(&mut self, now_s: u64) {
-        let keep_from = now_s.saturating_sub(WINDOW_SECS - 1);
+/// The requests (`0`) or tokens (`1`) of a bucket.
+fn unit(kind: LimitKind, b: &(u64, u64)) -> u64 {
+    if kind == LimitKind::RequestsPerMinute {
+        b.0
+    } else {
+        b.1
+    }
+}
+
+impl State {
+    /// Drops buckets that left the window and leases past their deadline,
+    /// so a subject's state never outgrows one window and its live leases.
+    fn prune(&mut self, now_ms: u64) {
+        let keep_from = (now_ms / 1000).saturating_sub(WINDOW_SECS - 1);
         self.buckets = self.buckets.split_off(&keep_from);
+        self.leases = self.leases.split_off(&(now_ms + 1));
     }
 
-    fn total(&self) -> u64 {
-        self.buckets.values().sum()
+    fn held(&self) -> u64 {
+        self.leases.values().sum()
+    }
+
+    fn total(&self, kind: LimitKind) -> u64 {
+        self.buckets.values().map(|b| unit(kind, b)).sum()
     }
 
     /// When `amount` more would fit under `limit`; `None` if it never will.
-    fn retry_after_ms(&self, now_ms: u64, limit: u64, amount: u64) -> Option<u64> {
+    fn retry_after_ms(&self, kind: LimitKind, now_ms: u64, limit: u64, amount: u64) -> Option<u64> {
         if amount > limit {
             return None;
         }
-        let total = self.total();
+        let total = self.total(kind);
         let mut freed = 0;
-        for (sec, v) in &self.buckets {
-            freed += v;
+        for (sec, b) in &self.buckets {
+            freed += unit(kind, b);
             if total - freed + amount <= limit {
                 return Some(((sec + WINDOW_SECS) * 1000).saturating_sub(now_ms).max(1));
             }
@@ -122,19 +170,31 @@ impl Window {
             .map_or(0, |sec| ((sec + WINDOW_SECS) * 1000).saturating_sub(now_ms))
     }
 
-    fn adjust(&mut self, second: u64, delta: i64) {
-        let v = self.buckets.entry(second).or_default();
-        *v = v.saturating_add_signed(delta);
+    fn used_on(&self, day: u64) -> u64 {
+        if self.daily.0 == day { self.daily.1 } else { 0 }
+    }
+
+    fn debit(&mut self, now_s: u64, tokens: u64) {
+        let b = self.buckets.entry(now_s).or_default();
+        b.0 += 1;
+        b.1 += tokens;
+        let today = now_s / DAY_SECS;
+        self.daily = (today, self.used_on(today) + tokens);
+    }
+
+    /// Buckets and leases held; what the tests bound.
+    #[cfg(test)]
+    pub fn size(&self) -> (usize, usize) {
+        (self.buckets.len(), self.held() as usize)
     }
 }
 
 /// Every counter of one backend's memory: the in-memory limiter, and the
-/// model the Redis script follows.
+/// model the Redis scripts follow. Tenant state key → subject → its state,
+/// as Redis keeps one hash per tenant with one field per subject.
 #[derive(Debug, Default)]
 pub struct Counters {
-    windows: HashMap<String, Window>,
-    leases: HashMap<String, HashMap<String, u64>>,
-    daily: HashMap<String, (u64, u64)>,
+    tenants: HashMap<String, HashMap<String, State>>,
 }
 
 impl Counters {
@@ -142,287 +202,128 @@ impl Counters {
     pub fn admit(
         &mut self,
         now_ms: u64,
+        key: &str,
         dims: &[Dim],
-        lease_id: &str,
         tokens: u64,
         lease_ttl_ms: u64,
     ) -> Verdict {
         let now_s = now_ms / 1000;
         let today = now_s / DAY_SECS;
+        let states = self.tenants.entry(key.to_owned()).or_default();
+        for s in subjects(dims) {
+            states.entry(s.to_owned()).or_default().prune(now_ms);
+        }
         for d in dims {
+            let Some(st) = states.get(&d.subject) else {
+                continue;
+            };
             let refused = match d.kind {
                 LimitKind::RequestsPerMinute | LimitKind::TokensPerMinute => {
-                    let w = self.windows.entry(d.key.clone()).or_default();
-                    w.prune(now_s);
                     let amount = if d.kind == LimitKind::RequestsPerMinute {
                         1
                     } else {
                         tokens
                     };
-                    (w.total() + amount > d.limit)
-                        .then(|| w.retry_after_ms(now_ms, d.limit, amount))
+                    (st.total(d.kind) + amount > d.limit)
+                        .then(|| st.retry_after_ms(d.kind, now_ms, d.limit, amount))
                 }
-                LimitKind::Concurrency => {
-                    let held = self.leases.entry(d.key.clone()).or_default();
-                    held.retain(|_, until| *until > now_ms);
-                    (held.len() as u64 + 1 > d.limit).then_some(Some(1000))
-                }
+                LimitKind::Concurrency => (st.held() + 1 > d.limit).then_some(Some(1000)),
                 LimitKind::DailyTokens => {
-                    let (day, used) = self.daily.get(&d.key).copied().unwrap_or((today, 0));
-                    let used = if day == today { used } else { 0 };
                     let until_midnight = ((today + 1) * DAY_SECS * 1000).saturating_sub(now_ms);
-                    (used + tokens > d.limit).then(|| (tokens <= d.limit).then_some(until_midnight))
+                    (st.used_on(today) + tokens > d.limit)
+                        .then(|| (tokens <= d.limit).then_some(until_midnight))
                 }
             };
             if let Some(retry_after_ms) = refused {
                 return Verdict::Limited {
                     kind: d.kind,
                     retry_after_ms,
-                    headroom: self.headroom(now_ms, dims),
+                    headroom: headroom(states, now_ms, dims),
                 };
             }
         }
-        for d in dims {
-            match d.kind {
-                LimitKind::RequestsPerMinute => self
-                    .windows
-                    .entry(d.key.clone())
-                    .or_default()
-                    .adjust(now_s, 1),
-                LimitKind::TokensPerMinute => self
-                    .windows
-                    .entry(d.key.clone())
-                    .or_default()
-                    .adjust(now_s, tokens as i64),
-                LimitKind::Concurrency => {
-                    self.leases
-                        .entry(d.key.clone())
-                        .or_default()
-                        .insert(lease_id.to_owned(), now_ms + lease_ttl_ms);
-                }
-                LimitKind::DailyTokens => {
-                    let e = self.daily.entry(d.key.clone()).or_insert((today, 0));
-                    if e.0 != today {
-                        *e = (today, 0);
-                    }
-                    e.1 += tokens;
-                }
-            }
+        for s in subjects(dims) {
+            states.entry(s.to_owned()).or_default().debit(now_s, tokens);
+        }
+        let deadline_ms = now_ms + lease_ttl_ms;
+        for d in dims.iter().filter(|d| d.kind == LimitKind::Concurrency) {
+            *states
+                .entry(d.subject.clone())
+                .or_default()
+                .leases
+                .entry(deadline_ms)
+                .or_default() += 1;
         }
         Verdict::Admitted {
             second: now_s,
-            headroom: self.headroom(now_ms, dims),
+            deadline_ms,
+            headroom: headroom(states, now_ms, dims),
         }
     }
 
     /// The request ended: corrects its token charge by `delta` (actual −
-    /// reserved) in the bucket it was charged to, and gives its leases back.
-    pub fn settle(&mut self, dims: &[Dim], lease_id: &str, second: u64, delta: i64) {
-        for d in dims {
-            match d.kind {
-                LimitKind::RequestsPerMinute => {}
-                LimitKind::TokensPerMinute => {
-                    if let Some(w) = self.windows.get_mut(&d.key) {
-                        w.adjust(second, delta);
-                    }
-                }
-                LimitKind::Concurrency => {
-                    if let Some(held) = self.leases.get_mut(&d.key) {
-                        held.remove(lease_id);
-                    }
-                }
-                LimitKind::DailyTokens => {
-                    if let Some(e) = self.daily.get_mut(&d.key)
-                        && e.0 == second / DAY_SECS
-                    {
-                        e.1 = e.1.saturating_add_signed(delta);
-                    }
+    /// reserved) in the bucket and the day it was charged to, clamped at 0,
+    /// and gives back its leases (those with its `deadline_ms`; a lapsed one
+    /// is gone already). A bucket already out of the window is gone, or no
+    /// longer counted: nothing to correct.
+    pub fn settle(&mut self, key: &str, dims: &[Dim], deadline_ms: u64, second: u64, delta: i64) {
+        let Some(states) = self.tenants.get_mut(key) else {
+            return;
+        };
+        for s in subjects(dims) {
+            let Some(st) = states.get_mut(s) else {
+                continue;
+            };
+            if let Some(b) = st.buckets.get_mut(&second) {
+                b.1 = b.1.saturating_add_signed(delta);
+            }
+            if st.daily.0 == second / DAY_SECS {
+                st.daily.1 = st.daily.1.saturating_add_signed(delta);
+            }
+        }
+        for d in dims.iter().filter(|d| d.kind == LimitKind::Concurrency) {
+            let leases = states.get_mut(&d.subject).map(|st| &mut st.leases);
+            if let Some(leases) = leases
+                && let Some(n) = leases.get_mut(&deadline_ms)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    leases.remove(&deadline_ms);
                 }
             }
         }
     }
 
-    fn headroom(&self, now_ms: u64, dims: &[Dim]) -> Headroom {
-        let mut h = Headroom::default();
-        for d in dims {
-            let slot = match d.kind {
-                LimitKind::RequestsPerMinute => &mut h.requests,
-                LimitKind::TokensPerMinute => &mut h.tokens,
-                LimitKind::Concurrency | LimitKind::DailyTokens => continue,
-            };
-            let (used, reset_ms) = self
-                .windows
-                .get(&d.key)
-                .map_or((0, 0), |w| (w.total(), w.reset_ms(now_ms)));
-            let r = Remaining {
-                limit: d.limit,
-                remaining: d.limit.saturating_sub(used),
-                reset_ms,
-            };
-            if slot.is_none_or(|s| r.remaining < s.remaining) {
-                *slot = Some(r);
-            }
-        }
-        h
+    /// One subject's state, for the tests.
+    #[cfg(test)]
+    pub fn state(&self, key: &str, subject: &str) -> Option<&State> {
+        self.tenants.get(key)?.get(subject)
     }
+}
+
+fn headroom(states: &HashMap<String, State>, now_ms: u64, dims: &[Dim]) -> Headroom {
+    let mut h = Headroom::default();
+    for d in dims {
+        let slot = match d.kind {
+            LimitKind::RequestsPerMinute => &mut h.requests,
+            LimitKind::TokensPerMinute => &mut h.tokens,
+            LimitKind::Concurrency | LimitKind::DailyTokens => continue,
+        };
+        let (used, reset_ms) = states
+            .get(&d.subject)
+            .map_or((0, 0), |st| (st.total(d.kind), st.reset_ms(now_ms)));
+        let r = Remaining {
+            limit: d.limit,
+            remaining: d.limit.saturating_sub(used),
+            reset_ms,
+        };
+        if slot.is_none_or(|s| r.remaining < s.remaining) {
+            *slot = Some(r);
+        }
+    }
+    h
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dim(key: &str, kind: LimitKind, limit: u64) -> Dim {
-        Dim {
-            key: key.into(),
-            kind,
-            limit,
-        }
-    }
-
-    #[test]
-    fn requests_window_admits_exactly_the_limit_and_reopens_a_minute_later() {
-        let mut c = Counters::default();
-        let dims = [dim("c", LimitKind::RequestsPerMinute, 3)];
-        let t0 = 1_000_000_500;
-        for i in 0..3 {
-            assert!(matches!(
-                c.admit(t0 + i, &dims, "x", 0, 1000),
-                Verdict::Admitted { .. }
-            ));
-        }
-        match c.admit(t0 + 10, &dims, "x", 0, 1000) {
-            Verdict::Limited {
-                kind,
-                retry_after_ms,
-                headroom,
-            } => {
-                assert_eq!(kind, LimitKind::RequestsPerMinute);
-                // The bucket of second 1_000_000 frees at 1_000_060.000 s.
-                assert_eq!(retry_after_ms, Some(59_490));
-                assert_eq!(headroom.requests.unwrap().remaining, 0);
-            }
-            v => panic!("{v:?}"),
-        }
-        assert!(matches!(
-            c.admit(t0 + 59_499, &dims, "x", 0, 1000),
-            Verdict::Limited { .. }
-        ));
-        assert!(matches!(
-            c.admit(t0 + 59_500, &dims, "x", 0, 1000),
-            Verdict::Admitted { .. }
-        ));
-    }
-
-    #[test]
-    fn one_refused_dimension_debits_none() {
-        let mut c = Counters::default();
-        let dims = [
-            dim("c-rpm", LimitKind::RequestsPerMinute, 10),
-            dim("t-tpm", LimitKind::TokensPerMinute, 100),
-        ];
-        assert!(matches!(
-            c.admit(0, &dims, "a", 80, 1000),
-            Verdict::Admitted { .. }
-        ));
-        assert!(matches!(
-            c.admit(1, &dims, "b", 30, 1000),
-            Verdict::Limited {
-                kind: LimitKind::TokensPerMinute,
-                ..
-            }
-        ));
-        let Verdict::Admitted { headroom, .. } = c.admit(2, &dims, "c", 20, 1000) else {
-            panic!()
-        };
-        assert_eq!(
-            headroom.requests.unwrap().remaining,
-            8,
-            "the refused request was not counted"
-        );
-        assert_eq!(headroom.tokens.unwrap().remaining, 0);
-    }
-
-    #[test]
-    fn settling_returns_unused_tokens_to_their_bucket() {
-        let mut c = Counters::default();
-        let dims = [
-            dim("t", LimitKind::TokensPerMinute, 100),
-            dim("d", LimitKind::DailyTokens, 1000),
-        ];
-        let Verdict::Admitted { second, .. } = c.admit(5_000, &dims, "a", 90, 1000) else {
-            panic!()
-        };
-        assert!(matches!(
-            c.admit(6_000, &dims, "b", 20, 1000),
-            Verdict::Limited { .. }
-        ));
-        c.settle(&dims, "a", second, -85);
-        assert!(matches!(
-            c.admit(7_000, &dims, "b", 20, 1000),
-            Verdict::Admitted { .. }
-        ));
-    }
-
-    #[test]
-    fn a_request_larger_than_the_limit_is_never_admitted() {
-        let mut c = Counters::default();
-        let dims = [dim("t", LimitKind::TokensPerMinute, 100)];
-        assert!(matches!(
-            c.admit(0, &dims, "a", 101, 1000),
-            Verdict::Limited {
-                retry_after_ms: None,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn leases_end_with_the_request_or_by_their_deadline() {
-        let mut c = Counters::default();
-        let dims = [dim("c", LimitKind::Concurrency, 1)];
-        assert!(matches!(
-            c.admit(0, &dims, "a", 0, 1000),
-            Verdict::Admitted { .. }
-        ));
-        assert!(matches!(
-            c.admit(10, &dims, "b", 0, 1000),
-            Verdict::Limited {
-                kind: LimitKind::Concurrency,
-                ..
-            }
-        ));
-        c.settle(&dims, "a", 0, 0);
-        assert!(matches!(
-            c.admit(20, &dims, "b", 0, 1000),
-            Verdict::Admitted { .. }
-        ));
-        // "b" is never settled (its gateway died): the lease lapses at 1020 ms.
-        assert!(matches!(
-            c.admit(1019, &dims, "c", 0, 1000),
-            Verdict::Limited { .. }
-        ));
-        assert!(matches!(
-            c.admit(1021, &dims, "c", 0, 1000),
-            Verdict::Admitted { .. }
-        ));
-    }
-
-    #[test]
-    fn daily_budget_resets_at_utc_midnight() {
-        let mut c = Counters::default();
-        let dims = [dim("d", LimitKind::DailyTokens, 100)];
-        let late = DAY_SECS * 1000 - 10_000;
-        assert!(matches!(
-            c.admit(late, &dims, "a", 100, 1),
-            Verdict::Admitted { .. }
-        ));
-        match c.admit(late + 1, &dims, "b", 1, 1) {
-            Verdict::Limited { retry_after_ms, .. } => assert_eq!(retry_after_ms, Some(9_999)),
-            v => panic!("{v:?}"),
-        }
-        assert!(matches!(
-            c.admit(DAY_SECS * 1000, &dims, "b", 1, 1),
-            Verdict::Admitted { .. }
-        ));
-    }
-}
+#[path = "policy_tests.rs"]
+mod tests;

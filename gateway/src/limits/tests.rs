@@ -11,7 +11,7 @@ use tollgate_shared::testing::RedisServer;
 
 use super::*;
 
-const DAY: Duration = Duration::from_secs(86_400);
+pub(super) const DAY: Duration = Duration::from_secs(86_400);
 
 fn limits(rpm: Option<u64>, tpm: Option<u64>, conc: Option<u64>) -> Limits {
     Limits {
@@ -22,7 +22,7 @@ fn limits(rpm: Option<u64>, tpm: Option<u64>, conc: Option<u64>) -> Limits {
     }
 }
 
-fn subject<'a>(client: &'a str, tenant: Limits, own: Limits) -> Subject<'a> {
+pub(super) fn subject<'a>(client: &'a str, tenant: Limits, own: Limits) -> Subject<'a> {
     Subject {
         tenant: "acme",
         client,
@@ -31,7 +31,7 @@ fn subject<'a>(client: &'a str, tenant: Limits, own: Limits) -> Subject<'a> {
     }
 }
 
-fn usage(prompt: u64, completion: u64) -> Usage {
+pub(super) fn usage(prompt: u64, completion: u64) -> Usage {
     Usage {
         prompt_tokens: prompt,
         completion_tokens: completion,
@@ -40,7 +40,7 @@ fn usage(prompt: u64, completion: u64) -> Usage {
 }
 
 /// The backends: memory, and Redis (the server must outlive the limiter).
-fn backends(mode: RedisFailureMode) -> Vec<(Arc<Limiter>, Option<RedisServer>)> {
+pub(super) fn backends(mode: RedisFailureMode) -> Vec<(Arc<Limiter>, Option<RedisServer>)> {
     let server = RedisServer::start();
     let mut cfg = server.config("test:");
     cfg.on_failure = mode;
@@ -203,37 +203,6 @@ async fn usage_is_metered_per_tenant_client_and_day() {
 }
 
 #[tokio::test]
-async fn every_key_written_has_a_ttl() {
-    let server = RedisServer::start();
-    let redis = Redis::new(&server.config("ttl:")).unwrap();
-    let l = Limiter::new(
-        Some(redis.clone()),
-        RedisFailureMode::Local,
-        1,
-        Duration::from_secs(30),
-        DAY,
-    );
-    let tenant = Limits {
-        rpm: Some(100),
-        tpm: Some(10_000),
-        max_concurrency: Some(5),
-        daily_tokens: Some(100_000),
-    };
-    let (t, _) = l.admit(&subject("c1", tenant, tenant), 100).await.unwrap();
-    let (_held, _) = l.admit(&subject("c1", tenant, tenant), 100).await.unwrap();
-    l.settle_now(t, usage(10, 10)).await;
-    let keys: Vec<String> = redis
-        .query(::redis::cmd("KEYS").arg("ttl:*"))
-        .await
-        .unwrap();
-    assert!(keys.len() >= 9, "{keys:?}");
-    for k in keys {
-        let ttl: i64 = redis.query(::redis::cmd("PTTL").arg(&k)).await.unwrap();
-        assert!(ttl > 0, "{k} has no TTL ({ttl})");
-    }
-}
-
-#[tokio::test]
 async fn redis_down_degrades_as_configured_then_recovers() {
     let per_mode = [
         (RedisFailureMode::Local, "local"),
@@ -289,4 +258,157 @@ fn reset_durations_read_like_openais() {
     assert_eq!(reset_text(1000), "1s");
     assert_eq!(reset_text(1001), "2s");
     assert_eq!(reset_text(360_000), "6m0s");
+}
+
+/// Waits, if need be, until the UTC day has more than ten seconds left, so a
+/// test's requests all fall on one day.
+async fn clear_of_midnight() {
+    let left = DAY.as_millis() as u64 - now_ms() % DAY.as_millis() as u64;
+    if left < 10_000 {
+        tokio::time::sleep(Duration::from_millis(left + 1000)).await;
+    }
+}
+
+#[tokio::test]
+async fn daily_tokens_refuse_until_midnight_and_settling_corrects_the_day() {
+    clear_of_midnight().await;
+    for (l, _server) in backends(RedisFailureMode::Local) {
+        let tenant = Limits {
+            daily_tokens: Some(1000),
+            ..Limits::default()
+        };
+        let s = subject("c1", tenant, Limits::default());
+        let (t1, _) = l.admit(&s, 900).await.unwrap();
+        match l.admit(&s, 200).await {
+            Err(Refusal::Limited {
+                kind: LimitKind::DailyTokens,
+                retry_after_ms: Some(ms),
+                ..
+            }) => {
+                let midnight = DAY.as_millis() as u64 - now_ms() % DAY.as_millis() as u64;
+                assert!(
+                    ms.abs_diff(midnight) < 2000,
+                    "{ms} ms, midnight in {midnight}"
+                );
+            }
+            other => panic!("the day's budget must refuse: {other:?}"),
+        }
+        assert!(matches!(
+            l.admit(&s, 1001).await,
+            Err(Refusal::Limited {
+                kind: LimitKind::DailyTokens,
+                retry_after_ms: None,
+                ..
+            })
+        ));
+        // 100 used of the 900 reserved: the day is corrected to 100.
+        l.settle_now(t1, usage(60, 40)).await;
+        let (t2, _) = l.admit(&s, 900).await.unwrap();
+        assert!(l.admit(&s, 1).await.is_err(), "1000 of 1000 used");
+        l.settle_now(t2, usage(500, 0)).await;
+        let (_, _) = l.admit(&s, 400).await.unwrap();
+        assert!(l.admit(&s, 1).await.is_err(), "100 + 500 + 400 used");
+    }
+}
+
+/// The two backends take the same decisions: one random run of admissions
+/// and settlements (two clients, every limit set, the window crossing
+/// seconds) against both, every verdict and every headroom compared.
+#[tokio::test]
+async fn memory_and_redis_agree_on_a_random_run() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    clear_of_midnight().await;
+    let server = RedisServer::start();
+    let redis = Redis::new(&server.config("same:")).unwrap();
+    let ttl = Duration::from_secs(30);
+    let mode = RedisFailureMode::Local;
+    let both = [
+        Limiter::new(None, mode, 1, ttl, DAY),
+        Limiter::new(Some(redis), mode, 1, ttl, DAY),
+    ];
+    let tenant = Limits {
+        rpm: Some(1000),
+        tpm: Some(30_000),
+        max_concurrency: Some(10),
+        daily_tokens: Some(25_000),
+    };
+    let own = Limits {
+        rpm: Some(300),
+        tpm: Some(8_000),
+        max_concurrency: Some(6),
+        daily_tokens: None,
+    };
+    let mut rng = StdRng::seed_from_u64(20_261_203);
+    let mut held: Vec<[Ticket; 2]> = Vec::new();
+    let (mut admitted, mut refused) = (0, 0);
+    for step in 0..600 {
+        // Keep a few requests in flight, under the concurrency limits.
+        if held.is_empty() || (held.len() < 10 && rng.random_bool(0.6)) {
+            let s = if rng.random_bool(0.5) {
+                subject("c1", tenant, own)
+            } else {
+                subject("c2", tenant, Limits::default())
+            };
+            let tokens = rng.random_range(0..500);
+            let [m, r] = [
+                both[0].admit(&s, tokens).await,
+                both[1].admit(&s, tokens).await,
+            ];
+            match (m, r) {
+                (Ok((tm, hm)), Ok((tr, hr))) => {
+                    assert_eq!(hm, hr.map_reset(&hm), "step {step}: headroom");
+                    held.push([tm, tr]);
+                    admitted += 1;
+                }
+                (
+                    Err(Refusal::Limited {
+                        kind: km,
+                        headroom: hm,
+                        retry_after_ms: rm,
+                    }),
+                    Err(Refusal::Limited {
+                        kind: kr,
+                        headroom: hr,
+                        retry_after_ms: rr,
+                    }),
+                ) => {
+                    assert_eq!(km, kr, "step {step}: refused by");
+                    assert_eq!(rm.is_some(), rr.is_some(), "step {step}: retry");
+                    assert_eq!(hm, hr.map_reset(&hm), "step {step}: headroom");
+                    refused += 1;
+                }
+                (m, r) => panic!("step {step}: memory {m:?}, redis {r:?}"),
+            }
+        } else {
+            let [tm, tr] = held.swap_remove(rng.random_range(0..held.len()));
+            let used = rng.random_range(0..=tm.reserved + 50);
+            let u = usage(used / 2, used - used / 2);
+            both[0].settle_now(tm, u).await;
+            both[1].settle_now(tr, u).await;
+        }
+        if step % 5 == 0 {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    assert!(
+        admitted > 50 && refused > 50,
+        "{admitted} admitted, {refused} refused"
+    );
+}
+
+impl Headroom {
+    /// This headroom with the resets of `other`: the two backends read
+    /// clocks a few ms apart, so only the counts must match.
+    fn map_reset(self, other: &Headroom) -> Headroom {
+        let with = |a: Option<Remaining>, b: Option<Remaining>| {
+            a.map(|a| Remaining {
+                reset_ms: b.map_or(a.reset_ms, |b| b.reset_ms),
+                ..a
+            })
+        };
+        Headroom {
+            requests: with(self.requests, other.requests),
+            tokens: with(self.tokens, other.tokens),
+        }
+    }
 }
