@@ -214,6 +214,54 @@ async fn a_killed_gateways_concurrency_leases_come_back_after_their_ttl() {
     .await;
 }
 
+/// The `x-ratelimit-*` pairs on an answer: `(requests, tokens)`, each whether present.
+fn pairs(h: &reqwest::header::HeaderMap) -> (bool, bool) {
+    let has = |dim: &str| {
+        let keys = ["limit", "remaining", "reset"].map(|k| format!("x-ratelimit-{k}-{dim}"));
+        let n = keys.iter().filter(|k| h.contains_key(k.as_str())).count();
+        assert!(n == 0 || n == 3, "a partial {dim} pair: {h:?}");
+        n == 3
+    };
+    (has("requests"), has("tokens"))
+}
+
+#[tokio::test]
+async fn rate_limit_headers_name_the_limits_that_apply_also_on_a_concurrency_429() {
+    let redis = RedisServer::start();
+    let toml = "[[tenants]]\nid = \"acme\"\nrpm = 100\nmax_concurrency = 1\n\
+        [[tenants]]\nid = \"free\"\n\
+        [[clients]]\nid = \"c1\"\ntenant = \"acme\"\nsecret = { env = \"C1\" }\n\
+        [[clients]]\nid = \"c2\"\ntenant = \"free\"\nsecret = { env = \"C1\" }\n";
+    let f = fleet(&redis, 1, toml, "0.05").await;
+    let (http, base) = (http(), f.gateways[0].1.clone());
+    let t1 = token(&http, &base, "c1", CLIENT_SECRET).await;
+    let held = chat(&http, &base, &t1, json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000, "stream": true})).await;
+    assert_eq!(held.status(), 200);
+    assert_eq!(
+        pairs(held.headers()),
+        (true, false),
+        "rpm only: the requests pair"
+    );
+    assert_eq!(held.headers()["x-ratelimit-limit-requests"], "100");
+    let small = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1});
+    let refused = chat(&http, &base, &t1, small.clone()).await;
+    assert_eq!(refused.status(), 429);
+    let h = refused.headers().clone();
+    let e: Value = refused.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "concurrency");
+    assert_eq!(
+        pairs(&h),
+        (true, false),
+        "a concurrency 429 keeps the requests pair"
+    );
+    assert_eq!(h["x-ratelimit-limit-requests"], "100");
+    drop(held);
+    let t2 = token(&http, &base, "c2", CLIENT_SECRET).await;
+    let free = chat(&http, &base, &t2, small).await;
+    assert_eq!(free.status(), 200);
+    assert_eq!(pairs(free.headers()), (false, false), "no limits, no pairs");
+}
+
 #[tokio::test]
 async fn redis_dying_mid_run_degrades_to_local_shares_then_recovers() {
     let mut redis = RedisServer::start();

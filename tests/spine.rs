@@ -445,6 +445,32 @@ fn check_config_masks_secrets_and_applies_env_overrides() {
     assert!(!out.contains("jwt-secret-value") && !out.contains("a-client-secret"));
 }
 
+#[test]
+fn a_stray_tollgate_variable_is_ignored_with_a_warning_but_an_unknown_key_fails() {
+    let dir = temp_dir();
+    let path = write(
+        dir.path(),
+        "ok.toml",
+        "[auth]\nhs256_secret = \"jwt-secret-value-that-is-long-enough-0123\"\n",
+    );
+    let config = path.to_str().unwrap();
+    let (code, _, err) = run_to_end(
+        dir.path(),
+        &["check-config", "--config", config],
+        &[("TOLLGATE_BIN", "x")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let warnings: Vec<_> = err.lines().filter(|l| l.contains("TOLLGATE_BIN")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    let (code, _, err) = run_to_end(
+        dir.path(),
+        &["check-config", "--config", config],
+        &[("TOLLGATE_GATEWAY__NO_SUCH_KEY", "x")],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no_such_key"), "{err}");
+}
+
 /// Gateway, worker and simulators as separate processes, as on a real cluster.
 #[tokio::test]
 async fn separate_gateway_worker_and_sim_processes_serve_requests() {

@@ -430,14 +430,20 @@ pub fn audit_records(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// The `request` records of the audit file by request id, once each `ids` has one.
+/// Whether `r` is a request's record: `request`, or the token event that
+/// stands for a token endpoint's request (`token_issued`, `token_denied`, …).
+pub fn is_request_record(r: &Value) -> bool {
+    r["event"]
+        .as_str()
+        .is_some_and(|e| e == "request" || e.starts_with("token_"))
+}
+
+/// The records of the audit file that are a request's, by request id, once
+/// each of `ids` has one.
 pub async fn request_records(path: &Path, ids: &[String]) -> BTreeMap<String, Vec<Value>> {
     eventually("a request record for every request", || {
         let mut by_id: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for r in audit_records(path)
-            .into_iter()
-            .filter(|r| r["event"] == "request")
-        {
+        for r in audit_records(path).into_iter().filter(is_request_record) {
             by_id
                 .entry(r["request_id"].as_str().unwrap().to_owned())
                 .or_default()

@@ -105,6 +105,49 @@ async fn wait_for_w2(
 }
 
 #[tokio::test]
+async fn a_token_request_leaves_one_record_its_token_event() {
+    let cluster = Cluster::start(Spec::default()).await;
+    let http = http();
+    let base = &cluster.base;
+    let token = |secret: &'static str| {
+        http.post(format!("{base}/oauth/token"))
+            .basic_auth(READER.0, Some(secret))
+            .header("user-agent", "token-test/1")
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+    };
+    let issued = token(READER.1).await.unwrap();
+    assert_eq!(issued.status(), 200);
+    let denied = token("wrong-secret").await.unwrap();
+    assert_eq!(denied.status(), 401);
+    let cases = [
+        (request_id(&issued), "token_issued", 200, None),
+        (
+            request_id(&denied),
+            "token_denied",
+            401,
+            Some("invalid_client"),
+        ),
+    ];
+    let ids: Vec<String> = cases.iter().map(|c| c.0.clone()).collect();
+    let by_id = request_records(&cluster.audit_path(), &ids).await;
+    let all = audit_records(&cluster.audit_path());
+    for (id, event, status, code) in cases {
+        let mine: Vec<&Value> = all.iter().filter(|r| r["request_id"] == id).collect();
+        assert_eq!(mine.len(), 1, "one record for {id}: {mine:#?}");
+        assert_eq!(by_id[&id].len(), 1);
+        let r = mine[0];
+        assert_eq!(r["event"], event, "{r}");
+        assert_eq!(r["status"], status, "{r}");
+        assert_eq!(r["error_code"].as_str(), code, "{r}");
+        assert_eq!(r["client_id"], READER.0, "{r}");
+        assert_eq!(r["route"], "/oauth/token", "{r}");
+        assert_eq!(r["user_agent"], "token-test/1", "{r}");
+        assert!(r["latency_ms"].is_u64() && r["ip"] == "127.0.0.1", "{r}");
+    }
+}
+
+#[tokio::test]
 async fn every_request_leaves_exactly_one_record_whatever_its_answer() {
     let mut cluster = Cluster::start(Spec {
         redis: true,
@@ -335,7 +378,7 @@ async fn every_request_leaves_exactly_one_record_whatever_its_answer() {
     // Nothing more: every request made is one record, no request two.
     let total = audit_records(&cluster.audit_path())
         .iter()
-        .filter(|r| r["event"] == "request")
+        .filter(|r| is_request_record(r))
         .count();
     assert_eq!(total, done.len());
 

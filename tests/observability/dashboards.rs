@@ -69,6 +69,27 @@ async fn the_dashboard_shows_live_figures_in_headless_chromium() {
         dom.contains("data-loaded=\"1\""),
         "the page never drew the figures:\n{dom}"
     );
+    // Every load the browser made succeeded: the icon is declared inline, so
+    // no `/favicon.ico` 404 (a console error) is asked of the gateway.
+    assert!(
+        dom.contains("<link rel=\"icon\" href=\"data:image/svg+xml,"),
+        "{dom}"
+    );
+    let browser_loads: Vec<Value> = audit_records(&cluster.audit_path())
+        .into_iter()
+        .filter(|r| {
+            r["user_agent"]
+                .as_str()
+                .is_some_and(|ua| ua.contains("HeadlessChrome"))
+        })
+        .collect();
+    assert!(
+        !browser_loads.is_empty()
+            && browser_loads
+                .iter()
+                .all(|r| r["status"].as_u64().is_some_and(|s| s < 400)),
+        "a load of the page failed: {browser_loads:#?}"
+    );
     for shown in [
         "data-tenant=\"acme\"",
         "data-tenant=\"tight\"",

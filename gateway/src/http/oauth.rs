@@ -20,6 +20,7 @@ use crate::app::Gateway;
 use crate::audit::AuditRecord;
 use crate::auth::{Client, authenticate, failed};
 use crate::error::{ApiError, OAuthCode};
+use crate::telemetry::Observe;
 
 /// Form bodies larger than this are not token requests.
 const MAX_FORM_BYTES: usize = 8 * 1024;
@@ -195,7 +196,7 @@ async fn check_client(
             "temporarily_unavailable" => 503,
             _ => 401,
         });
-        gw.audit.record(r);
+        Observe::of(req).record_as(&gw.audit, r);
     };
     // A stale registry might still hold a disabled client or an old secret.
     if !gw.registry.wait_fresh(FRESHNESS_PATIENCE).await {
@@ -321,7 +322,7 @@ pub async fn token(
         r.tenant = Some(client.tenant.to_string());
         r.error_code = Some("invalid_scope".into());
         r.status = Some(400);
-        gw.audit.record(r);
+        Observe::of(&req).record_as(&gw.audit, r);
     })?;
     let scope = scopes
         .iter()
@@ -337,7 +338,7 @@ pub async fn token(
     r.tenant = Some(client.tenant.to_string());
     r.scopes = Some(scope.clone());
     r.status = Some(200);
-    gw.audit.record(r);
+    Observe::of(&req).record_as(&gw.audit, r);
     tracing::info!(client_id = %client.id, tenant = %client.tenant, scope = %scope, jti = %claims.jti, "token issued");
     Ok(HttpResponse::Ok()
         .insert_header((CACHE_CONTROL, "no-store"))
@@ -394,7 +395,7 @@ pub async fn revoke(
         r.client_id = Some(actor.to_string());
         r.error_code = Some("unauthorized_client".into());
         r.status = Some(400);
-        gw.audit.record(r);
+        Observe::of(&req).record_as(&gw.audit, r);
         return Err(ApiError::oauth(
             OAuthCode::UnauthorizedClient,
             "only the token's own client or an admin may revoke it",
@@ -414,7 +415,7 @@ pub async fn revoke(
     r.scopes = Some(claims.scope.clone());
     r.status = Some(200);
     r.detail = Some(format!("revoked by {actor}; jti {}", claims.jti));
-    gw.audit.record(r);
+    Observe::of(&req).record_as(&gw.audit, r);
     tracing::info!(client_id = %claims.sub, by = %actor, jti = %claims.jti, "token revoked");
     Ok(done())
 }

@@ -172,6 +172,32 @@ async fn concurrency_leases_come_back_when_requests_end() {
 }
 
 #[tokio::test]
+async fn headroom_names_each_window_that_applies_also_on_a_concurrency_refusal() {
+    for (l, _server) in backends(RedisFailureMode::Local) {
+        let s = subject("c1", limits(Some(100), None, Some(1)), Limits::default());
+        let (_held, h) = l.admit(&s, 5).await.unwrap();
+        assert!(h.requests.is_some() && h.tokens.is_none(), "{h:?}");
+        match l.admit(&s, 5).await {
+            Err(Refusal::Limited {
+                kind: LimitKind::Concurrency,
+                headroom,
+                ..
+            }) => {
+                let r = headroom.requests.unwrap();
+                assert_eq!(r.remaining, r.limit - 1, "{headroom:?}");
+                assert!(headroom.tokens.is_none());
+                let names: Vec<_> = headers(&headroom).into_iter().map(|(n, _)| n).collect();
+                assert_eq!(names.len(), 3, "{names:?}");
+            }
+            other => panic!("not a concurrency refusal: {other:?}"),
+        }
+        let free = subject("c2", Limits::default(), Limits::default());
+        let (_, h) = l.admit(&free, 5).await.unwrap();
+        assert!(headers(&h).is_empty(), "no limits, no pairs: {h:?}");
+    }
+}
+
+#[tokio::test]
 async fn usage_is_metered_per_tenant_client_and_day() {
     for (l, _server) in backends(RedisFailureMode::Local) {
         for (client, p, c) in [("c1", 10, 5), ("c1", 20, 6), ("c2", 1, 1)] {

@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use super::redact;
 use super::trail::{AnswerFacts, CallerFacts, RequestFacts, Trail};
+use crate::audit::AuditRecord;
 use crate::auth::Caller;
 use crate::auth::manage::scope_list;
 use crate::error::ApiError;
@@ -59,6 +60,15 @@ impl Observe {
     /// The trail of the request this task is serving, if any.
     pub fn current() -> Observe {
         Observe(CURRENT.try_with(Arc::clone).ok())
+    }
+
+    /// Makes `r` the request's one audit record (a token endpoint's event);
+    /// without a trail it is written as it is.
+    pub fn record_as(&self, audit: &crate::audit::Audit, r: AuditRecord) {
+        match &self.0 {
+            Some(t) => t.record_as(r),
+            None => audit.record(r),
+        }
     }
 
     /// Stage `authenticate` named the caller.

@@ -76,6 +76,8 @@ struct State {
     flagged: bool,
     genai: Option<tracing::Span>,
     relay: Option<tracing::Span>,
+    /// A handler's own event (`token_issued`, …) that is this request's record.
+    event: Option<AuditRecord>,
 }
 
 /// How the middleware saw the request end.
@@ -176,6 +178,12 @@ impl Trail {
         });
     }
 
+    /// Makes `r` the request's audit record in place of the generic one;
+    /// the trail still fills in what every request record carries.
+    pub fn record_as(&self, r: AuditRecord) {
+        self.with(|s| s.event = Some(r));
+    }
+
     pub fn set_answer(&self, a: AnswerFacts) {
         self.with(|s| s.answer = Some(a));
     }
@@ -254,7 +262,7 @@ impl Trail {
             .first_token
             .map(|t| t.saturating_duration_since(self.started));
         self.spans(&s, a, &answer, error);
-        self.audit(&s, a, &answer, error, latency, ttft);
+        self.audit(&mut s, a, &answer, error, latency, ttft);
         let caller = s.caller.as_ref();
         let tenant = caller.map_or(NO_TENANT, |c| c.tenant.as_str());
         let per_token = match (answer.first_token, answer.completion_tokens) {
@@ -345,23 +353,27 @@ impl Trail {
 
     fn audit(
         &self,
-        s: &State,
+        s: &mut State,
         a: Answer,
         answer: &AnswerFacts,
         error: Option<&'static str>,
         latency: Duration,
         ttft: Option<Duration>,
     ) {
-        let mut r = AuditRecord::new("request");
+        let mut r = s
+            .event
+            .take()
+            .unwrap_or_else(|| AuditRecord::new("request"));
         r.request_id = Some(self.request_id.to_string());
         r.ip = self.ip.clone();
         r.user_agent = self.user_agent.clone();
         r.route = Some(self.path.clone());
         r.status = Some(a.status);
-        r.error_code = error.map(str::to_owned);
+        // An event's own code is more precise than the answer's.
+        r.error_code = r.error_code.take().or(error.map(str::to_owned));
         r.latency_ms = Some(latency.as_millis() as u64);
         r.ttft_ms = ttft.map(|t| t.as_millis() as u64);
-        if let Some(c) = &s.caller {
+        if let Some(c) = s.caller.as_ref().filter(|_| r.client_id.is_none()) {
             r.client_id = Some(c.client_id.clone());
             r.tenant = Some(c.tenant.clone());
             r.scopes = Some(c.scopes.clone());

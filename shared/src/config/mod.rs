@@ -2,6 +2,7 @@
 //! is read from TOML and environment overrides, then `validate` turns it into
 //! [`Config`], reporting every bad key with its value and the rule it breaks.
 
+mod env;
 pub mod raw;
 mod validate;
 
@@ -20,17 +21,6 @@ pub use raw::RawConfig;
 
 /// The model Tollgate serves unless told otherwise.
 pub const DEFAULT_MODEL: &str = "Qwen/Qwen2.5-7B-Instruct";
-
-/// Environment variables under the `TOLLGATE_` prefix that are not config keys.
-const NON_CONFIG_ENV: &[&str] = &[
-    "config",
-    "jwt_secret",
-    "cluster_secret",
-    "log",
-    "bench_secret",
-    "test_python",
-    "update_deploy",
-];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -405,6 +395,11 @@ pub enum ConfigError {
 
 /// Reads the raw config from an optional TOML file and `TOLLGATE_*` environment overrides.
 pub fn read_raw(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
+    read_raw_with(path, "TOLLGATE_")
+}
+
+fn read_raw_with(path: Option<&Path>, prefix: &str) -> Result<RawConfig, ConfigError> {
+    env::warn_ignored(prefix);
     let mut figment = Figment::new();
     if let Some(path) = path {
         if !path.exists() {
@@ -416,8 +411,8 @@ pub fn read_raw(path: Option<&Path>) -> Result<RawConfig, ConfigError> {
         figment = figment.merge(Toml::file(path));
     }
     figment = figment.merge(
-        Env::prefixed("TOLLGATE_")
-            .filter(|k| !NON_CONFIG_ENV.contains(&k.as_str().to_ascii_lowercase().as_str()))
+        Env::prefixed(prefix)
+            .filter(|k| env::is_config(k.as_str()))
             .split("__"),
     );
     figment.extract::<RawConfig>().map_err(|e| {
