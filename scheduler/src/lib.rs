@@ -4,7 +4,7 @@
 //! - `fair`: fair queueing — strict priority classes, virtual token counters inside a class
 //! - `policy`: the pure queueing policy: order, holdback, reserve, affinity, bounds and shedding
 //! - `shard`: shard capacity from reports, and the least loaded shard with room
-//! - `actor`: the scheduler task, its mailbox, tickets and leases
+//! - `actor`: the policy behind a lock, tickets, leases and the batch-window timer
 
 mod actor;
 pub mod fair;
