@@ -190,6 +190,11 @@ pub fn start(
     })
     .client_request_timeout(config.gateway.header_timeout)
     .keep_alive(config.gateway.keep_alive)
+    // A client that closed its side of the connection has left: its request
+    // is dropped at once (taken out of the queue, or cancelled in vLLM) and
+    // recorded as 499, instead of running on for nobody until the answer
+    // cannot be written.
+    .h1_allow_half_closed(false)
     // Without it an answer written in two parts waits for the client's
     // delayed ACK (Nagle): ~40 ms added to small answers.
     .tcp_nodelay(true);
