@@ -112,7 +112,7 @@ pub async fn dispatch(
             Ok(Ok(grant)) => grant,
         };
         obs.shard(&grant.shard);
-        let stage = tracing::info_span!("dispatch", tollgate.worker = %grant.shard.worker, tollgate.shard = grant.shard.index);
+        let stage = tracing::info_span!("dispatch", tollgate.worker = %grant.shard.worker, tollgate.shard = i64::from(grant.shard.index));
         let failure = match pool
             .send(&grant.shard, plan.endpoint, plan.body.clone(), request_id)
             .instrument(stage)

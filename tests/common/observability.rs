@@ -35,6 +35,8 @@ pub struct Span {
     pub kind: String,
     /// Values as text (arrays joined by `,`).
     pub attributes: BTreeMap<String, String>,
+    /// Each value's OTLP type as the receiver decoded it (`IntValue`, `StringValue`, …).
+    pub kinds: BTreeMap<String, String>,
     /// Every attribute and event as the receiver saw it, for secret scans.
     pub raw: String,
 }
@@ -43,6 +45,21 @@ impl Span {
     pub fn attr(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).map(String::as_str)
     }
+}
+
+/// The OTLP type of an `AnyValue` in its Debug form (the first one named).
+fn value_kind(debug: &str) -> String {
+    [
+        "StringValue(",
+        "IntValue(",
+        "BoolValue(",
+        "DoubleValue(",
+        "ArrayValue(",
+    ]
+    .into_iter()
+    .filter_map(|k| debug.find(k).map(|i| (i, k)))
+    .min()
+    .map_or_else(String::new, |(_, k)| k.trim_end_matches('(').to_owned())
 }
 
 /// An OTLP `AnyValue` in its Debug form (how the fake collector hands
@@ -116,6 +133,11 @@ impl Collector {
                     .attributes
                     .iter()
                     .map(|(k, v)| (k.clone(), value_text(v)))
+                    .collect(),
+                kinds: s
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), value_kind(v)))
                     .collect(),
                 raw,
             });
@@ -232,6 +254,11 @@ async fn serve_otlp_http(mut conn: tokio::net::TcpStream, store: Arc<Mutex<Vec<S
                     .attributes
                     .iter()
                     .map(|kv| (kv.key.clone(), value_text(&format!("{:?}", kv.value))))
+                    .collect(),
+                kinds: s
+                    .attributes
+                    .iter()
+                    .map(|kv| (kv.key.clone(), value_kind(&format!("{:?}", kv.value))))
                     .collect(),
                 raw: format!("{:?} {:?}", s.attributes, s.events),
             });

@@ -75,6 +75,26 @@ async fn every_stage_has_its_span_and_the_worker_joins_the_trace() {
     );
     assert_eq!(root.kind, "SPAN_KIND_SERVER");
     assert_eq!(root.attr("http.response.status_code"), Some("200"));
+    assert_eq!(
+        root.kinds
+            .get("http.response.status_code")
+            .map(String::as_str),
+        Some("IntValue")
+    );
+    let dispatch = trace.named("dispatch");
+    assert_eq!(
+        dispatch.kinds.get("tollgate.shard").map(String::as_str),
+        Some("IntValue"),
+        "{dispatch:#?}"
+    );
+    let worker = trace.named(worker_span);
+    for key in ["tollgate.shard", "http.response.status_code"] {
+        assert_eq!(
+            worker.kinds.get(key).map(String::as_str),
+            Some("IntValue"),
+            "{key} of {worker:#?}"
+        );
+    }
     assert_eq!(root.attr("http.route"), Some("/v1/chat/completions"));
     for stage in ["authenticate", "validate", "limit", chat_span.as_str()] {
         trace.parent_of("POST /v1/chat/completions", stage);
@@ -129,6 +149,19 @@ async fn every_stage_has_its_span_and_the_worker_joins_the_trace() {
             .parse::<u64>()
             .is_ok()
     );
+    // Numbers reach the collector as OTLP ints, not as their text.
+    for key in [
+        "gen_ai.request.max_tokens",
+        "gen_ai.usage.input_tokens",
+        "gen_ai.usage.output_tokens",
+        "tollgate.queue_wait_ms",
+    ] {
+        assert_eq!(
+            g.kinds.get(key).map(String::as_str),
+            Some("IntValue"),
+            "{key} of {g:#?}"
+        );
+    }
 
     let s = Trace::of(&spans, &streamed);
     assert_eq!(

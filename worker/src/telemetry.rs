@@ -44,7 +44,7 @@ pub fn dispatch_span(
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         tollgate.worker = %worker,
-        tollgate.shard = shard,
+        tollgate.shard = i64::from(shard),
         http.response.status_code = tracing::field::Empty,
     );
     tollgate_shared::telemetry::adopt_traceparent(&span, traceparent);
@@ -53,7 +53,8 @@ pub fn dispatch_span(
 
 /// Notes on a dispatch's span how the worker answered.
 pub fn answered(span: &tracing::Span, status: u16) {
-    span.record("http.response.status_code", status);
+    // As i64: other integer types reach the collector as strings.
+    span.record("http.response.status_code", i64::from(status));
     if status >= 500 {
         span.record("otel.status_code", "error");
     }

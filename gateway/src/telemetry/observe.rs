@@ -180,7 +180,7 @@ impl Observe {
             tollgate.queue_wait_ms = tracing::field::Empty,
         );
         if let Some(n) = r.max_tokens {
-            span.record("gen_ai.request.max_tokens", n);
+            span.record("gen_ai.request.max_tokens", i64::from(n));
         }
         if let Some(x) = r.temperature {
             span.record("gen_ai.request.temperature", f64::from(x));

@@ -307,7 +307,10 @@ impl Trail {
     }
 
     fn spans(&self, s: &State, a: Answer, answer: &AnswerFacts, error: Option<&'static str>) {
-        self.root.record("http.response.status_code", a.status);
+        // Numbers go to spans as i64: the OpenTelemetry layer exports other
+        // integer types as their Debug text, a string attribute.
+        self.root
+            .record("http.response.status_code", i64::from(a.status));
         if let Some(e) = error {
             self.root.record("error.type", e);
         }
@@ -325,16 +328,16 @@ impl Trail {
             }
         }
         if let Some(q) = s.queued {
-            g.record("tollgate.queue_wait_ms", q.as_millis() as u64);
+            g.record("tollgate.queue_wait_ms", q.as_millis() as i64);
         }
         if let Some(id) = &answer.response_id {
             g.record("gen_ai.response.id", id.as_str());
         }
         if let Some(n) = answer.prompt_tokens {
-            g.record("gen_ai.usage.input_tokens", n);
+            g.record("gen_ai.usage.input_tokens", n as i64);
         }
         if let Some(n) = answer.completion_tokens {
-            g.record("gen_ai.usage.output_tokens", n);
+            g.record("gen_ai.usage.output_tokens", n as i64);
         }
         if let Some(r) = &answer.finish_reason {
             tollgate_shared::telemetry::set_string_array(
