@@ -9,8 +9,14 @@ use futures::StreamExt;
 use serde_json::json;
 
 /// Slow simulated shards (0.1× real time), so a long answer is still being
-/// generated when the client leaves or the process is told to stop.
-const SLOW: &[(&str, &str)] = &[("TOLLGATE_SIM__TIME_SCALE", "0.1")];
+/// generated when the client leaves or the process is told to stop; and
+/// `ignore_eos` allowed, so a long answer is not ended early by the
+/// simulator (it ends texts by itself after 64-511 tokens), which would let
+/// a cancellation test pass with no cancellation.
+const SLOW: &[(&str, &str)] = &[
+    ("TOLLGATE_SIM__TIME_SCALE", "0.1"),
+    ("TOLLGATE_GUARDRAILS__ALLOW_FIELDS", "[\"ignore_eos\"]"),
+];
 
 #[tokio::test]
 async fn a_client_that_disconnects_cancels_the_upstream_request() {
@@ -23,7 +29,7 @@ async fn a_client_that_disconnects_cancels_the_upstream_request() {
     let resp = http
         .post(format!("{}/v1/chat/completions", up.base))
         .bearer_auth(&t)
-        .json(&json!({"messages": [{"role": "user", "content": "Tell me a long story"}], "max_tokens": 4000, "stream": true}))
+        .json(&json!({"messages": [{"role": "user", "content": "Tell me a long story"}], "max_tokens": 4000, "ignore_eos": true, "stream": true}))
         .send()
         .await
         .unwrap();
@@ -87,7 +93,7 @@ async fn sigterm_drains_in_flight_streams_then_exits_0() {
 /// the connection without reading the answer.
 async fn raw_chat(base: &str, token: &str, max_tokens: u32) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
-    let body = json!({"messages": [{"role": "user", "content": "Tell me a long story"}], "max_tokens": max_tokens})
+    let body = json!({"messages": [{"role": "user", "content": "Tell me a long story"}], "max_tokens": max_tokens, "ignore_eos": true})
         .to_string();
     let addr = base.trim_start_matches("http://");
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -116,7 +122,11 @@ fn abandoned_records(dir: &std::path::Path) -> usize {
 #[tokio::test]
 async fn a_client_that_closes_its_socket_leaves_the_queue_and_cancels_its_request() {
     let dir = temp_dir();
-    let env = [SLOW[0], ("TOLLGATE_WORKER__MAX_INFLIGHT_PER_SHARD", "1")];
+    let env = [
+        SLOW[0],
+        SLOW[1],
+        ("TOLLGATE_WORKER__MAX_INFLIGHT_PER_SHARD", "1"),
+    ];
     let up = up_with_env(dir.path(), &[], &env).await;
     let http = http();
     let sims = sim_urls(&up.proc);
@@ -141,7 +151,7 @@ async fn a_client_that_closes_its_socket_leaves_the_queue_and_cancels_its_reques
         let resp = http
             .post(format!("{}/v1/chat/completions", up.base))
             .bearer_auth(&t)
-            .json(&json!({"messages": [{"role": "user", "content": "Tell me a long story"}], "max_tokens": 4000, "stream": true}))
+            .json(&json!({"messages": [{"role": "user", "content": "Tell me a long story"}], "max_tokens": 4000, "ignore_eos": true, "stream": true}))
             .send()
             .await
             .unwrap();

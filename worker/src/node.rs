@@ -105,6 +105,9 @@ impl WorkerNode {
             HttpServer::new(move || App::new().configure(|c| configure(c, app_state.clone())))
                 // Small answers and stream chunks go out at once (no Nagle delay).
                 .tcp_nodelay(true)
+                // A gateway that closed its connection has dropped the request:
+                // the relay is dropped too, which aborts it in vLLM.
+                .h1_allow_half_closed(false)
                 .listen(listener)?
                 .disable_signals()
                 .shutdown_timeout(settings.shutdown_grace.as_secs().max(1))

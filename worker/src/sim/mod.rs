@@ -262,6 +262,10 @@ pub fn start(opts: SimOptions, listener: TcpListener) -> std::io::Result<actix_w
     let server_state = state.clone();
     let server = HttpServer::new(move || app(server_state.clone()))
         .tcp_nodelay(true)
+        // As vLLM does: a client that closed its connection aborts its
+        // request, streamed or not (the handler is dropped, and with it the
+        // submission's abort guard).
+        .h1_allow_half_closed(false)
         .workers(opts.http_workers)
         .shutdown_timeout(opts.shutdown_timeout.as_secs())
         .disable_signals()
