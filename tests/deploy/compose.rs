@@ -46,8 +46,11 @@ pub(crate) fn same_network(service: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Reads the Compose file (it starts no container): every service's image
+/// is pinned, its mounts and dependencies exist, its secrets come from the
+/// environment.
 #[test]
-fn compose_runs_the_whole_stack_from_files_that_exist() {
+fn compose_services_use_pinned_images_and_only_files_volumes_and_services_that_exist() {
     let doc = compose();
     let all = services(&doc);
     let named_volumes: BTreeSet<&String> = doc["volumes"].as_object().unwrap().keys().collect();

@@ -25,8 +25,10 @@ fn instructions(text: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Reads the Dockerfile (it builds no image: that needs a container
+/// runtime) and runs hadolint on it.
 #[test]
-fn the_dockerfile_builds_one_small_non_root_image_and_passes_hadolint() {
+fn the_dockerfile_declares_a_small_non_root_runtime_stage_and_passes_hadolint() {
     let path = deploy().join("Dockerfile");
     let steps = instructions(&read(&path));
     let froms: Vec<usize> = (0..steps.len()).filter(|&i| steps[i].0 == "FROM").collect();
