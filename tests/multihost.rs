@@ -5,7 +5,8 @@
 //! mid-stream. So nothing may assume loopback between roles or a shared
 //! filesystem (each process has its own directory and copy of its config).
 //!
-//! Needs root and iproute2 (`ip netns`); elsewhere it says so and skips.
+//! Needs root and iproute2 (`ip netns`). A developer who is not root gets
+//! a skip that says so; as root, and under CI, it fails instead.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
