@@ -119,7 +119,7 @@ pub struct WorkerView {
 pub struct Pool {
     /// Names this gateway to workers, which then report its own share of each
     /// shard's in-flight requests (see [`ShardCapacity::own_at_report`]).
-    id: String,
+    id: Arc<str>,
     secret: Secret,
     scheduler: SchedulerHandle,
     breaker: BreakerConfig,
@@ -137,7 +137,7 @@ impl Pool {
         // Fails here, at start, rather than on the first request.
         http::internal().map_err(|e| e.to_string())?;
         Ok(Pool {
-            id: uuid::Uuid::new_v4().simple().to_string(),
+            id: uuid::Uuid::new_v4().simple().to_string().into(),
             secret,
             scheduler,
             breaker: BreakerConfig::default(),
@@ -242,7 +242,7 @@ impl Pool {
             .map_err(|e| e.to_string())?
             .get(format!("{url}{LOAD_PATH}"))
             .bearer_auth(self.secret.expose())
-            .header(GATEWAY_ID_HEADER, &self.id)
+            .header(GATEWAY_ID_HEADER, &*self.id)
             .timeout(POLL_TIMEOUT)
             .send()
             .await
@@ -388,7 +388,7 @@ impl Pool {
                     shard: shard.index,
                     endpoint,
                     body,
-                    gateway: self.id.as_str().into(),
+                    gateway: self.id.clone(),
                     request_id: request_id.to_string(),
                     traceparent: crate::telemetry::traceparent(request_id),
                 };
@@ -442,7 +442,7 @@ impl Pool {
             .bearer_auth(self.secret.expose())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(REQUEST_ID_HEADER, request_id.to_string())
-            .header(GATEWAY_ID_HEADER, &self.id)
+            .header(GATEWAY_ID_HEADER, &*self.id)
             .header(
                 TRACEPARENT_HEADER,
                 crate::telemetry::traceparent(request_id),

@@ -191,7 +191,14 @@ impl Core {
         let waiting = !self.policy.is_empty();
         let urgent =
             matches!(&msg, Msg::Submit { spec, .. } if self.policy.first_in_line(spec.priority));
+        // Streamed output (a charge every few tokens of every stream) only
+        // reorders tenants: it frees nothing, so the round after the last
+        // event still holds and is not run again.
+        let reorders_only = matches!(msg, Msg::Output { .. });
         let freed = apply(&mut self.policy, msg, now_ms);
+        if reorders_only {
+            return Vec::new();
+        }
         match self.window_until {
             Some(_) if !urgent => return Vec::new(),
             Some(_) => self.window_until = None,
