@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::hardening::{Raw, raw_post};
 use common::*;
 use futures::StreamExt;
 use serde_json::json;
@@ -48,11 +49,7 @@ async fn a_client_that_disconnects_cancels_the_upstream_request() {
     );
     drop(stream);
 
-    eventually("the shard to drop the request", || {
-        let (http, sims) = (http.clone(), sims.clone());
-        async move { (metric_sum(&http, &sims, "vllm:num_requests_running").await == 0.0).then_some(()) }
-    })
-    .await;
+    running(&http, &sims, 0.0, "the shard to drop the request").await;
     let generated = metric_sum(&http, &sims, "vllm:generation_tokens_total").await;
     assert!(
         generated < 4000.0,
@@ -91,19 +88,11 @@ async fn sigterm_drains_in_flight_streams_then_exits_0() {
 
 /// Sends a non-streamed chat request on a plain TCP connection and returns
 /// the connection without reading the answer.
-async fn raw_chat(base: &str, token: &str, max_tokens: u32) -> tokio::net::TcpStream {
-    use tokio::io::AsyncWriteExt;
-    let body = json!({"messages": [{"role": "user", "content": "Tell me a long story"}], "max_tokens": max_tokens, "ignore_eos": true})
-        .to_string();
-    let addr = base.trim_start_matches("http://");
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(body.as_bytes()).await.unwrap();
-    tcp
+fn raw_chat(base: &str, token: &str, max_tokens: u32) -> Raw {
+    let body = json!({"messages": [{"role": "user", "content": "Tell me a long story"}], "max_tokens": max_tokens, "ignore_eos": true});
+    let mut raw = Raw::connect(base);
+    raw.send(&raw_post("/v1/chat/completions", token, &body.to_string()));
+    raw
 }
 
 /// Audit records of `up` in `dir` with status 499.
@@ -114,6 +103,14 @@ fn abandoned_records(dir: &std::path::Path) -> usize {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|r| r["status"] == 499)
         .count()
+}
+
+/// Waits until the shards run `n` requests in all.
+async fn running(http: &reqwest::Client, sims: &[String], n: f64, what: &str) {
+    eventually(what, || async {
+        (metric_sum(http, sims, "vllm:num_requests_running").await == n).then_some(())
+    })
+    .await;
 }
 
 /// A client that sends a request and closes its socket (as `requests` does
@@ -132,17 +129,18 @@ async fn a_client_that_closes_its_socket_leaves_the_queue_and_cancels_its_reques
     let sims = sim_urls(&up.proc);
     let t = token(&http, &up.base, &up.infer.0, &up.infer.1).await;
     let admin = token(&http, &up.base, &up.admin.0, &up.admin.1).await;
-    let depth = |http: reqwest::Client, base: String, admin: String| async move {
-        let q: serde_json::Value = http
-            .get(format!("{base}/v1/admin/queues"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        q["depth"].as_u64().unwrap()
+    let queues = format!("{}/v1/admin/queues", up.base);
+    let depth_is = |n: u64, what: &'static str| {
+        let (http, queues, admin) = (&http, &queues, &admin);
+        eventually(what, move || async move {
+            (get_json(http, queues, admin).await["depth"] == n).then_some(())
+        })
+    };
+    let records_are = |n: usize| {
+        let dir = dir.path();
+        eventually("the closed client's record, as 499", move || async move {
+            (abandoned_records(dir) == n).then_some(())
+        })
     };
 
     // Both shards (one slot each) busy with long streams.
@@ -164,46 +162,24 @@ async fn a_client_that_closes_its_socket_leaves_the_queue_and_cancels_its_reques
     }
 
     // Queued, then the client closes its socket: the queue empties.
-    let queued = raw_chat(&up.base, &t, 16).await;
-    eventually("the raw request to queue", || {
-        let f = depth(http.clone(), up.base.clone(), admin.clone());
-        async move { (f.await == 1).then_some(()) }
-    })
-    .await;
+    let queued = raw_chat(&up.base, &t, 16);
+    depth_is(1, "the raw request to queue").await;
     drop(queued);
-    eventually("the closed client's request to leave the queue", || {
-        let f = depth(http.clone(), up.base.clone(), admin.clone());
-        async move { (f.await == 0).then_some(()) }
-    })
-    .await;
-    eventually("its record, as 499", || {
-        let n = abandoned_records(dir.path());
-        async move { (n == 1).then_some(()) }
-    })
-    .await;
+    depth_is(0, "the closed client's request to leave the queue").await;
+    records_are(1).await;
 
     // Running upstream, then the client closes its socket: vLLM drops it.
     drop(blockers);
-    eventually("the shards to be free", || {
-        let (http, sims) = (http.clone(), sims.clone());
-        async move { (metric_sum(&http, &sims, "vllm:num_requests_running").await == 0.0).then_some(()) }
-    })
+    running(&http, &sims, 0.0, "the shards to be free").await;
+    let raw = raw_chat(&up.base, &t, 4000);
+    running(&http, &sims, 1.0, "the raw request to run").await;
+    drop(raw);
+    running(
+        &http,
+        &sims,
+        0.0,
+        "the shard to drop the closed client's request",
+    )
     .await;
-    let running = raw_chat(&up.base, &t, 4000).await;
-    eventually("the raw request to run", || {
-        let (http, sims) = (http.clone(), sims.clone());
-        async move { (metric_sum(&http, &sims, "vllm:num_requests_running").await == 1.0).then_some(()) }
-    })
-    .await;
-    drop(running);
-    eventually("the shard to drop the closed client's request", || {
-        let (http, sims) = (http.clone(), sims.clone());
-        async move { (metric_sum(&http, &sims, "vllm:num_requests_running").await == 0.0).then_some(()) }
-    })
-    .await;
-    eventually("its record, as 499", || {
-        let n = abandoned_records(dir.path());
-        async move { (n == 2).then_some(()) }
-    })
-    .await;
+    records_are(2).await;
 }
