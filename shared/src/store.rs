@@ -102,6 +102,15 @@ impl Redis {
         for a in args {
             invocation.arg(a);
         }
+        self.invoke(&invocation).await
+    }
+
+    /// Runs a prepared script call (keys and arguments of any types) by
+    /// EVALSHA, loading it again if Redis answers NOSCRIPT.
+    pub async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
         bounded(invocation.invoke_async(&mut conn)).await
     }

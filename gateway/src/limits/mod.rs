@@ -2,8 +2,9 @@
 //! per tenant, checked and debited in one step, settled when the request ends.
 //!
 //! - `policy`: the arithmetic (sliding windows, leases, daily budget), pure
-//! - `redis`: the same semantics as two Lua scripts (admit, settle), one call
-//!   each, on one hash of limiter state per tenant
+//! - `redis`: the same semantics as one Lua script on one hash of limiter
+//!   state per tenant, admitting and settling any number of requests per call
+//! - `steps`: a tenant's calls to Redis coalesced, one in flight at a time
 //! - `usage`: usage metering for billing (requests and tokens per tenant, client, day)
 //!
 //! With Redis configured every replica shares the counters; when Redis is
@@ -12,6 +13,7 @@
 
 pub mod policy;
 mod redis;
+mod steps;
 pub mod usage;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tollgate_shared::config::{Limits, RedisFailureMode};
 use tollgate_shared::openai::Usage;
-use tollgate_shared::store::Redis;
+use tollgate_shared::store::{Redis, StoreError};
 
 use policy::Counters;
 pub use policy::{Dim, Headroom, LimitKind, Remaining, Verdict};
@@ -57,7 +59,7 @@ enum Place {
 }
 
 /// An admitted request's claim on the limits. Settle it with [`Limiter::settle`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Ticket {
     /// The tenant's limiter state: its Redis hash, or its entry in memory.
     state_key: String,
@@ -71,6 +73,45 @@ pub struct Ticket {
     place: Place,
 }
 
+impl Ticket {
+    /// A request's claim before it is decided: when admitted, the second it
+    /// is charged to and its lease deadline are filled in.
+    fn new(
+        state_key: String,
+        dims: Vec<Dim>,
+        reserved: u64,
+        s: &Subject<'_>,
+        place: Place,
+    ) -> Ticket {
+        Ticket {
+            state_key,
+            dims,
+            lease_deadline_ms: 0,
+            second: 0,
+            reserved,
+            tenant: s.tenant.to_owned(),
+            client: s.client.to_owned(),
+            place,
+        }
+    }
+}
+
+/// The ticket of an admitted request, or why it was refused.
+fn decided(v: Verdict, ticket: Ticket) -> Result<(Ticket, Headroom), Refusal> {
+    match v {
+        Verdict::Admitted { headroom, .. } => Ok((ticket, headroom)),
+        Verdict::Limited {
+            kind,
+            retry_after_ms,
+            headroom,
+        } => Err(Refusal::Limited {
+            kind,
+            retry_after_ms,
+            headroom,
+        }),
+    }
+}
+
 pub struct Limiter {
     redis: Option<Redis>,
     on_failure: RedisFailureMode,
@@ -81,6 +122,8 @@ pub struct Limiter {
     book: UsageBook,
     /// Until this unix-ms, Redis counts as down and is not asked.
     redis_down_until: AtomicU64,
+    /// Per tenant, what waits for its next call to Redis.
+    steps: steps::Queues,
 }
 
 /// How long Redis is left alone after it failed, before it is tried again.
@@ -108,6 +151,7 @@ impl Limiter {
             lease_ttl,
             local: Mutex::new(Counters::default()),
             redis_down_until: AtomicU64::new(0),
+            steps: Default::default(),
         })
     }
 
@@ -161,12 +205,17 @@ impl Limiter {
     }
 
     /// Checks and debits every limit of `s` for one request reserving `tokens`.
-    pub async fn admit(&self, s: &Subject<'_>, tokens: u64) -> Result<(Ticket, Headroom), Refusal> {
+    pub async fn admit(
+        self: &Arc<Self>,
+        s: &Subject<'_>,
+        tokens: u64,
+    ) -> Result<(Ticket, Headroom), Refusal> {
         let ttl_ms = self.lease_ttl.as_millis() as u64;
         if let Some(redis) = self.redis.as_ref().filter(|_| self.redis_up()) {
             let (key, dims) = self.dims(s, 1, redis.prefix());
-            match redis::admit(redis, &key, &dims, tokens, ttl_ms).await {
-                Ok(v) => return self.ticket(v, (key, dims), tokens, s, Place::Shared),
+            let ticket = Ticket::new(key, dims, tokens, s, Place::Shared);
+            match self.admit_shared(ticket).await {
+                Ok((ticket, v)) => return decided(v, ticket),
                 Err(e) => self.mark_redis_down(&e.to_string()),
             }
         }
@@ -174,16 +223,8 @@ impl Limiter {
             (false, _) => (Place::Local, 1),
             (true, RedisFailureMode::Local) => (Place::Local, self.replicas),
             (true, RedisFailureMode::Open) => {
-                let t = Ticket {
-                    state_key: String::new(),
-                    dims: Vec::new(),
-                    lease_deadline_ms: 0,
-                    second: now_ms() / 1000,
-                    reserved: tokens,
-                    tenant: s.tenant.to_owned(),
-                    client: s.client.to_owned(),
-                    place: Place::Nowhere,
-                };
+                let mut t = Ticket::new(String::new(), Vec::new(), tokens, s, Place::Nowhere);
+                t.second = now_ms() / 1000;
                 return Ok((t, Headroom::default()));
             }
             (true, RedisFailureMode::Closed) => return Err(Refusal::Unavailable),
@@ -193,55 +234,26 @@ impl Limiter {
             Ok(mut c) => c.admit(now_ms(), &key, &dims, tokens, ttl_ms),
             Err(_) => return Err(Refusal::Unavailable),
         };
-        self.ticket(verdict, (key, dims), tokens, s, place)
-    }
-
-    fn ticket(
-        &self,
-        v: Verdict,
-        (state_key, dims): (String, Vec<Dim>),
-        reserved: u64,
-        s: &Subject<'_>,
-        place: Place,
-    ) -> Result<(Ticket, Headroom), Refusal> {
-        match v {
-            Verdict::Admitted {
-                second,
-                deadline_ms,
-                headroom,
-            } => Ok((
-                Ticket {
-                    state_key,
-                    dims,
-                    lease_deadline_ms: deadline_ms,
-                    second,
-                    reserved,
-                    tenant: s.tenant.to_owned(),
-                    client: s.client.to_owned(),
-                    place,
-                },
-                headroom,
-            )),
-            Verdict::Limited {
-                kind,
-                retry_after_ms,
-                headroom,
-            } => Err(Refusal::Limited {
-                kind,
-                retry_after_ms,
-                headroom,
-            }),
+        let mut ticket = Ticket::new(key, dims, tokens, s, place);
+        if let Verdict::Admitted {
+            second,
+            deadline_ms,
+            ..
+        } = verdict
+        {
+            ticket.second = second;
+            ticket.lease_deadline_ms = deadline_ms;
         }
+        decided(verdict, ticket)
     }
 
     /// The request ended having used `usage`: corrects the token charge, frees
     /// its leases and meters it. Runs in the background; never fails the request.
     pub fn settle(self: &Arc<Self>, ticket: Ticket, usage: Usage) {
-        if ticket.place == Place::Shared {
-            let me = self.clone();
-            // Detached on purpose: settlement must not hold the response; if it
-            // fails, the reservation stands and the leases lapse by their TTL.
-            tokio::spawn(async move { me.settle_now(ticket, usage).await });
+        if ticket.place == Place::Shared && self.redis.is_some() {
+            // Not awaited on purpose: settlement must not hold the response; if
+            // it fails, the reservation stands and the leases lapse by their TTL.
+            self.settle_shared(ticket, usage, None);
         } else {
             self.settle_local(ticket, &usage);
         }
@@ -265,21 +277,31 @@ impl Limiter {
     }
 
     /// Settles and waits for it to be done.
-    pub async fn settle_now(&self, ticket: Ticket, usage: Usage) {
-        let Some(redis) = self
-            .redis
-            .as_ref()
-            .filter(|_| ticket.place == Place::Shared)
-        else {
+    pub async fn settle_now(self: &Arc<Self>, ticket: Ticket, usage: Usage) {
+        if ticket.place != Place::Shared || self.redis.is_none() {
             return self.settle_local(ticket, &usage);
-        };
-        let day = usage::day_of(ticket.second);
-        if let Err(e) = redis::settle(redis, &ticket, day, &usage, self.book.retention()).await {
-            tracing::warn!(error = %e, "could not settle a request's limits; its reservation stands");
-            // Meter it here at least, so billing does not lose the request.
-            self.book
-                .record_local(&ticket.tenant, &ticket.client, ticket.second, &usage);
         }
+        let (done, settled) = tokio::sync::oneshot::channel();
+        // Kept to meter the usage here should the settlement fail.
+        let (kept, used) = (ticket.clone(), usage);
+        self.settle_shared(ticket, usage, Some(done));
+        match settled.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.settle_failed(&kept, &used, &e),
+            Err(_) => self.settle_failed(
+                &kept,
+                &used,
+                &StoreError::Unavailable("the limiter's call was lost".into()),
+            ),
+        }
+    }
+
+    /// A settlement Redis did not take: its reservation stands (the leases
+    /// lapse by their TTL); its usage is metered here, so billing loses nothing.
+    fn settle_failed(&self, t: &Ticket, usage: &Usage, e: &StoreError) {
+        tracing::warn!(error = %e, "could not settle a request's limits; its reservation stands");
+        self.book
+            .record_local(&t.tenant, &t.client, t.second, usage);
     }
 }
 

@@ -12,7 +12,7 @@
 //! its limits need, so a request touches at most two of them, both stored
 //! under its tenant: in Redis one hash per tenant with one field per subject,
 //! which lets a script read and write every counter of a request in one
-//! command each. The Redis scripts (`admit.lua`, `settle.lua`) implement
+//! command each. The Redis script (`step.lua`) implements
 //! exactly this; one test suite runs against both backends.
 
 use std::collections::{BTreeMap, HashMap};

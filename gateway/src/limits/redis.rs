@@ -1,5 +1,7 @@
-//! The limiter's Redis side: one script call to admit, one to settle, both
-//! on the tenant's one hash of limiter state (see `policy` for its layout).
+//! The limiter's Redis side: one script, `step.lua`, on the tenant's one
+//! hash of limiter state (see `policy` for its layout), carrying any number
+//! of settlements and admissions in one call. `steps` decides what goes into
+//! each call.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -10,21 +12,14 @@ use tollgate_shared::store::{Redis, StoreError};
 
 use super::Ticket;
 use super::policy::{Dim, Headroom, LimitKind, Remaining, Verdict, subjects};
-use super::usage::UsageBook;
+use super::usage::{self, UsageBook};
 
-// Both scripts read and write subjects the same way: state.lua comes first in each.
-static ADMIT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        include_str!("state.lua"),
-        include_str!("admit.lua")
-    ))
-});
-static SETTLE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        include_str!("state.lua"),
-        include_str!("settle.lua")
-    ))
-});
+// state.lua reads and writes a subject; step.lua works with it.
+static STEP: LazyLock<Script> =
+    LazyLock::new(|| Script::new(concat!(include_str!("state.lua"), include_str!("step.lua"))));
+
+/// Integers the script answers per admission.
+const ANSWER: usize = 9;
 
 fn remaining(limit: i64, remaining: i64, reset: i64) -> Option<Remaining> {
     (limit >= 0).then(|| Remaining {
@@ -34,25 +29,80 @@ fn remaining(limit: i64, remaining: i64, reset: i64) -> Option<Remaining> {
     })
 }
 
-pub async fn admit(
+/// One call on the state of one tenant (`key`): first the settlements, with
+/// what each request used, then the admissions, each a request's limits and
+/// the tokens it reserves. Answers one verdict per admission, in order.
+pub async fn step(
     redis: &Redis,
     key: &str,
-    dims: &[Dim],
-    tokens: u64,
+    settlements: &[(&Ticket, &Usage)],
+    admissions: &[(&[Dim], u64)],
     ttl_ms: u64,
-) -> Result<Verdict, StoreError> {
-    let mut args: Vec<String> = vec![tokens.to_string(), ttl_ms.to_string()];
-    for d in dims {
-        args.push(d.subject.clone());
-        args.push(d.kind.letter().to_owned());
-        args.push(d.limit.to_string());
+    retention: Duration,
+) -> Result<Vec<Verdict>, StoreError> {
+    let mut call = STEP.prepare_invoke();
+    call.key(key);
+    // The usage hashes the settlements go to: one per day among them.
+    let mut days: Vec<u64> = Vec::with_capacity(1);
+    for (t, _) in settlements {
+        let day = usage::day_of(t.second);
+        if !days.contains(&day) {
+            days.push(day);
+            call.key(UsageBook::key(redis.prefix(), &t.tenant, day));
+        }
     }
-    let r: Vec<i64> = redis.script(&ADMIT, &[key.to_owned()], &args).await?;
+    call.arg(ttl_ms)
+        .arg(retention.as_secs().max(1))
+        .arg(settlements.len())
+        .arg(admissions.len());
+    for (t, u) in settlements {
+        let day = usage::day_of(t.second);
+        let j = days.iter().position(|d| *d == day).map_or(1, |i| i + 1);
+        let subjects = subjects(&t.dims);
+        call.arg(t.lease_deadline_ms)
+            .arg(t.second)
+            .arg(u.total_tokens as i64 - t.reserved as i64)
+            .arg(&t.client)
+            .arg(u.prompt_tokens)
+            .arg(u.completion_tokens)
+            .arg(j)
+            .arg(subjects.len());
+        for s in subjects {
+            let leased = t
+                .dims
+                .iter()
+                .any(|d| d.subject == s && d.kind == LimitKind::Concurrency);
+            if leased {
+                call.arg(format!("+{s}"));
+            } else {
+                call.arg(s);
+            }
+        }
+    }
+    for (dims, tokens) in admissions {
+        call.arg(*tokens).arg(dims.len());
+        for d in *dims {
+            call.arg(&d.subject).arg(d.kind.letter()).arg(d.limit);
+        }
+    }
+    let r: Vec<i64> = redis.invoke(&call).await?;
+    if r.len() != admissions.len() * ANSWER {
+        return Err(StoreError::Protocol(format!(
+            "{} integers answering {} admissions",
+            r.len(),
+            admissions.len()
+        )));
+    }
+    r.chunks(ANSWER)
+        .zip(admissions)
+        .map(|(a, (dims, _))| verdict(a, dims))
+        .collect()
+}
+
+/// The verdict in one admission's nine integers.
+fn verdict(r: &[i64], dims: &[Dim]) -> Result<Verdict, StoreError> {
     let bad = || StoreError::Protocol(format!("unexpected admission answer {r:?}"));
-    if r.len() < 9 {
-        return Err(bad());
-    }
-    let (h, rest) = if r[0] == 1 {
+    let (h, refused) = if r[0] == 1 {
         (&r[2..8], None)
     } else {
         (&r[3..9], Some((r[1], r[2])))
@@ -61,7 +111,7 @@ pub async fn admit(
         requests: remaining(h[0], h[1], h[2]),
         tokens: remaining(h[3], h[4], h[5]),
     };
-    Ok(match rest {
+    Ok(match refused {
         None => Verdict::Admitted {
             second: r[1].max(0) as u64,
             deadline_ms: r[8].max(0) as u64,
@@ -79,40 +129,4 @@ pub async fn admit(
             }
         }
     })
-}
-
-pub async fn settle(
-    redis: &Redis,
-    t: &Ticket,
-    day: u64,
-    usage: &Usage,
-    retention: Duration,
-) -> Result<(), StoreError> {
-    let keys = [
-        t.state_key.clone(),
-        UsageBook::key(redis.prefix(), &t.tenant, day),
-    ];
-    let delta = usage.total_tokens as i64 - t.reserved as i64;
-    let mut args: Vec<String> = vec![
-        t.lease_deadline_ms.to_string(),
-        t.second.to_string(),
-        delta.to_string(),
-        t.client.clone(),
-        usage.prompt_tokens.to_string(),
-        usage.completion_tokens.to_string(),
-        retention.as_secs().max(1).to_string(),
-    ];
-    for s in subjects(&t.dims) {
-        let leased = t
-            .dims
-            .iter()
-            .any(|d| d.subject == s && d.kind == LimitKind::Concurrency);
-        args.push(if leased {
-            format!("+{s}")
-        } else {
-            s.to_owned()
-        });
-    }
-    let _: i64 = redis.script(&SETTLE, &keys, &args).await?;
-    Ok(())
 }

@@ -1,5 +1,5 @@
 -- A subject's limiter state (the tenant, or one of its clients), as one field
--- of its tenant's hash. Shared by admit.lua and settle.lua; the model is
+-- of its tenant's hash. Used by step.lua; the model is
 -- `State` in policy.rs. A value reads
 --   "<day> <used> <requests> <tokens> <newest> <its requests> <its tokens> <leases> <latest deadline>|<older buckets>|<leases>"
 -- where <requests> and <tokens> total every bucket listed, <newest> is the

@@ -304,3 +304,123 @@ async fn entries_out_of_turn_keep_the_lists_in_order() {
     let (_, h) = l.admit(&s, 0).await.unwrap();
     assert_eq!(h.tokens.unwrap().remaining, 100_000 - 400);
 }
+
+/// Requests of one tenant that arrive together share script calls: a call
+/// carries every admission and settlement that queued while the one before
+/// it was in flight, and each is decided as if it ran alone.
+#[tokio::test]
+async fn concurrent_requests_share_script_calls_and_each_is_decided_alone() {
+    const N: usize = 200;
+    let server = RedisServer::start();
+    let redis = Redis::new(&server.config("share:")).unwrap();
+    let l = Limiter::new(
+        Some(redis.clone()),
+        RedisFailureMode::Closed,
+        1,
+        Duration::from_secs(30),
+        DAY,
+    );
+    let own = Limits {
+        rpm: Some(1000),
+        tpm: None,
+        max_concurrency: Some(100),
+        daily_tokens: None,
+    };
+    // Warm-up: the script is loaded.
+    let (t, _) = l.admit(&subject("c0", own, own), 1).await.unwrap();
+    l.settle_now(t, usage(1, 0)).await;
+    let before = command_calls(&redis).await;
+    let admit = |i: usize| {
+        let l = l.clone();
+        tokio::spawn(async move {
+            let client = format!("c{}", i % 4);
+            l.admit(&subject(&client, own, own), 10).await.ok()
+        })
+    };
+    let tasks: Vec<_> = (0..N).map(admit).collect();
+    let mut tickets = Vec::new();
+    for t in tasks {
+        tickets.extend(t.await.unwrap());
+    }
+    assert_eq!(
+        tickets.len(),
+        100,
+        "max_concurrency admits exactly 100 at once"
+    );
+    let settles: Vec<_> = tickets
+        .into_iter()
+        .map(|(t, _)| {
+            let l = l.clone();
+            tokio::spawn(async move { l.settle_now(t, usage(3, 4)).await })
+        })
+        .collect();
+    for s in settles {
+        s.await.unwrap();
+    }
+    let after = command_calls(&redis).await;
+    let (calls, inner) = ran_inside(&before, &after);
+    assert!(
+        calls as usize <= N / 10,
+        "{calls} script calls for {N} admissions and 100 settlements"
+    );
+    assert!(
+        inner as usize <= 2 * N,
+        "{inner} commands inside the scripts for {N} admissions and 100 settlements"
+    );
+    let today = now_ms() / 86_400_000;
+    let days = l
+        .usage()
+        .query(Some("acme"), today - 1, today + 1)
+        .await
+        .unwrap();
+    let metered: u64 = days.iter().map(|d| d.total.requests).sum();
+    let tokens: u64 = days.iter().map(|d| d.total.completion_tokens).sum();
+    assert_eq!(
+        (metered, tokens),
+        (101, 400),
+        "every admitted request metered once"
+    );
+    // Every lease came back: a full wave is admitted again.
+    let again: Vec<_> = (0..100).map(admit).collect();
+    for t in again {
+        assert!(t.await.unwrap().is_some());
+    }
+}
+
+/// A request whose caller goes away while its admission is in Redis (its
+/// client closed the connection) gives back what it was admitted with.
+#[tokio::test]
+async fn an_admission_nobody_waits_for_any_more_is_given_back() {
+    let server = RedisServer::start();
+    let redis = Redis::new(&server.config("gone:")).unwrap();
+    let l = Limiter::new(
+        Some(redis),
+        RedisFailureMode::Closed,
+        1,
+        Duration::from_secs(30),
+        DAY,
+    );
+    let own = Limits {
+        rpm: None,
+        tpm: Some(1000),
+        max_concurrency: Some(1),
+        daily_tokens: None,
+    };
+    let s = subject("c1", Limits::default(), own);
+    let mut gone = Box::pin(l.admit(&s, 600));
+    std::future::poll_fn(|cx| {
+        assert!(gone.as_mut().poll(cx).is_pending(), "admission in flight");
+        std::task::Poll::Ready(())
+    })
+    .await;
+    drop(gone);
+    // Until the tenant's queue is empty, its calls are still running.
+    while !l.steps.lock().unwrap().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    let (_, h) = l
+        .admit(&s, 600)
+        .await
+        .expect("the lease and the tokens came back");
+    assert_eq!(h.tokens.unwrap().remaining, 400);
+}

@@ -1,0 +1,228 @@
+//! Calls to Redis for one tenant, coalesced: a tenant's admissions and
+//! settlements queue, and one task per tenant with work takes whatever has
+//! queued, sends it as one script call (`redis::step`), answers each
+//! request, and goes again until its queue is empty. At one request at a
+//! time each call carries one; under load one call carries every request
+//! that arrived during the previous one, so Redis reads and writes the
+//! tenant's state once for all of them and the gateway makes one round trip.
+//! Every request is still decided by Redis, in the order it arrived: the
+//! semantics are those of one call per request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::oneshot;
+use tollgate_shared::openai::Usage;
+use tollgate_shared::store::{Redis, StoreError};
+
+use super::policy::Verdict;
+use super::{Limiter, Ticket, redis};
+
+/// At most this many admissions, and this many settlements, in one call:
+/// Redis runs nothing else while a script runs.
+const MAX_PER_STEP: usize = 64;
+
+pub(super) type Queues = Mutex<HashMap<String, Queue>>;
+
+/// What waits for a tenant's next call. A tenant has an entry exactly while
+/// its task runs.
+#[derive(Default)]
+pub(super) struct Queue {
+    admissions: Vec<Admission>,
+    settlements: Vec<Settlement>,
+}
+
+/// A request to admit: its ticket (limits, reservation; second and
+/// deadline filled in when admitted) and who waits for the verdict.
+struct Admission {
+    ticket: Ticket,
+    reply: oneshot::Sender<Result<(Ticket, Verdict), StoreError>>,
+}
+
+struct Settlement {
+    ticket: Ticket,
+    usage: Usage,
+    /// Who waits for it to be done; without one, a failure is handled here.
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+enum Job {
+    Admit(Admission),
+    Settle(Settlement),
+}
+
+fn lock(q: &Queues) -> MutexGuard<'_, HashMap<String, Queue>> {
+    // A panic while holding the lock leaves the map consistent: every
+    // change to it is one insert, push or remove.
+    q.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Limiter {
+    /// Admits `ticket`'s request in Redis: its verdict, and the ticket with
+    /// its second and lease deadline filled in.
+    pub(super) async fn admit_shared(
+        self: &Arc<Self>,
+        ticket: Ticket,
+    ) -> Result<(Ticket, Verdict), StoreError> {
+        let (reply, verdict) = oneshot::channel();
+        self.enqueue(Job::Admit(Admission { ticket, reply }));
+        verdict.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the limiter's call was lost".into(),
+            ))
+        })
+    }
+
+    /// Settles `ticket` in Redis; `done` hears how it went. Without `done`, a
+    /// failure is logged and the usage metered locally.
+    pub(super) fn settle_shared(
+        self: &Arc<Self>,
+        ticket: Ticket,
+        usage: Usage,
+        done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    ) {
+        self.enqueue(Job::Settle(Settlement {
+            ticket,
+            usage,
+            done,
+        }));
+    }
+
+    fn enqueue(self: &Arc<Self>, job: Job) {
+        let key = match &job {
+            Job::Admit(a) => &a.ticket.state_key,
+            Job::Settle(s) => &s.ticket.state_key,
+        };
+        let mut queues = lock(&self.steps);
+        let start = !queues.contains_key(key.as_str());
+        let key = key.clone();
+        let q = queues.entry(key.clone()).or_default();
+        match job {
+            Job::Admit(a) => q.admissions.push(a),
+            Job::Settle(s) => q.settlements.push(s),
+        }
+        drop(queues);
+        if start && let Some(redis) = self.redis.clone() {
+            let me = self.clone();
+            // Owned by the queue entry: the task ends when its queue is empty,
+            // and removes the entry as it does.
+            tokio::spawn(async move { me.run_steps(redis, key).await });
+        }
+    }
+
+    async fn run_steps(self: Arc<Self>, redis: Redis, key: String) {
+        // Should the task end early (a panic), its queue goes with it: the
+        // waiting requests see their calls lost and fall back as configured.
+        let mut abandon = Abandon {
+            queues: &self.steps,
+            key: &key,
+            armed: true,
+        };
+        let ttl_ms = self.lease_ttl.as_millis() as u64;
+        let retention = self.book.retention();
+        loop {
+            let (admissions, settlements) = {
+                let mut queues = lock(&self.steps);
+                let Some(q) = queues.get_mut(&key) else { break };
+                if q.admissions.is_empty() && q.settlements.is_empty() {
+                    queues.remove(&key);
+                    break;
+                }
+                let a = q.admissions.len().min(MAX_PER_STEP);
+                let s = q.settlements.len().min(MAX_PER_STEP);
+                (
+                    q.admissions.drain(..a).collect::<Vec<_>>(),
+                    q.settlements.drain(..s).collect::<Vec<_>>(),
+                )
+            };
+            let settling: Vec<_> = settlements.iter().map(|s| (&s.ticket, &s.usage)).collect();
+            let admitting: Vec<_> = admissions
+                .iter()
+                .map(|a| (a.ticket.dims.as_slice(), a.ticket.reserved))
+                .collect();
+            let result = redis::step(&redis, &key, &settling, &admitting, ttl_ms, retention).await;
+            drop((settling, admitting));
+            match result {
+                Ok(verdicts) => {
+                    for s in settlements {
+                        if let Some(done) = s.done {
+                            let _ = done.send(Ok(()));
+                        }
+                    }
+                    for (a, v) in admissions.into_iter().zip(verdicts) {
+                        self.answer(a, v);
+                    }
+                }
+                Err(e) => {
+                    // What waits would go to the Redis that just failed: it
+                    // fails with this call, and falls back at once.
+                    let (more_a, more_s) = match lock(&self.steps).get_mut(&key) {
+                        Some(q) => (
+                            std::mem::take(&mut q.admissions),
+                            std::mem::take(&mut q.settlements),
+                        ),
+                        None => Default::default(),
+                    };
+                    for a in admissions.into_iter().chain(more_a) {
+                        let _ = a.reply.send(Err(e.clone()));
+                    }
+                    for s in settlements.into_iter().chain(more_s) {
+                        self.settlement_failed(s, &e);
+                    }
+                }
+            }
+        }
+        abandon.armed = false;
+    }
+
+    /// Hands `a` its verdict. An admitted request whose caller has gone (its
+    /// client closed the connection meanwhile) is settled at once with
+    /// nothing used, so its reservation and leases come back.
+    fn answer(self: &Arc<Self>, a: Admission, v: Verdict) {
+        let mut ticket = a.ticket;
+        let admitted = if let Verdict::Admitted {
+            second,
+            deadline_ms,
+            ..
+        } = v
+        {
+            ticket.second = second;
+            ticket.lease_deadline_ms = deadline_ms;
+            true
+        } else {
+            false
+        };
+        if let Err(Ok((ticket, _))) = a.reply.send(Ok((ticket, v)))
+            && admitted
+        {
+            self.settle_shared(ticket, Usage::default(), None);
+        }
+    }
+
+    fn settlement_failed(&self, s: Settlement, e: &StoreError) {
+        match s.done {
+            Some(done) => {
+                if let Err(Err(e)) = done.send(Err(e.clone())) {
+                    self.settle_failed(&s.ticket, &s.usage, &e);
+                }
+            }
+            None => self.settle_failed(&s.ticket, &s.usage, e),
+        }
+    }
+}
+
+/// Removes a tenant's queue if its task ends without emptying it.
+struct Abandon<'a> {
+    queues: &'a Queues,
+    key: &'a str,
+    /// Cleared when the task removed the entry itself.
+    armed: bool,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(self.queues).remove(self.key);
+        }
+    }
+}
