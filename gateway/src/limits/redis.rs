@@ -11,7 +11,7 @@ use tollgate_shared::openai::Usage;
 use tollgate_shared::store::{Redis, StoreError};
 
 use super::Ticket;
-use super::policy::{Dim, Headroom, LimitKind, Remaining, Verdict, subjects};
+use super::policy::{Dim, Headroom, Remaining, Verdict};
 use super::usage::{self, UsageBook};
 
 // state.lua reads and writes a subject; step.lua works with it.
@@ -32,11 +32,11 @@ fn remaining(limit: i64, remaining: i64, reset: i64) -> Option<Remaining> {
 /// One call on the state of one tenant (`key`): first the settlements, with
 /// what each request used, then the admissions, each a request's limits and
 /// the tokens it reserves. Answers one verdict per admission, in order.
-pub async fn step(
+pub async fn step<'a>(
     redis: &Redis,
     key: &str,
-    settlements: &[(&Ticket, &Usage)],
-    admissions: &[(&[Dim], u64)],
+    settlements: &[(&'a Ticket, &Usage)],
+    admissions: &[(&'a [Dim], u64)],
     ttl_ms: u64,
     retention: Duration,
 ) -> Result<Vec<Verdict>, StoreError> {
@@ -51,14 +51,31 @@ pub async fn step(
             call.key(UsageBook::key(redis.prefix(), &t.tenant, day));
         }
     }
+    // The limits of each client once; every request names its set.
+    let mut sets: Vec<&[Dim]> = Vec::with_capacity(1);
+    let mut set_of = |dims: &'a [Dim]| match sets.iter().position(|s| *s == dims) {
+        Some(i) => i + 1,
+        None => {
+            sets.push(dims);
+            sets.len()
+        }
+    };
+    let settling: Vec<usize> = settlements.iter().map(|(t, _)| set_of(&t.dims)).collect();
+    let admitting: Vec<usize> = admissions.iter().map(|(d, _)| set_of(d)).collect();
     call.arg(ttl_ms)
         .arg(retention.as_secs().max(1))
+        .arg(sets.len())
         .arg(settlements.len())
         .arg(admissions.len());
-    for (t, u) in settlements {
+    for dims in &sets {
+        call.arg(dims.len());
+        for d in *dims {
+            call.arg(&d.subject).arg(d.kind.letter()).arg(d.limit);
+        }
+    }
+    for ((t, u), set) in settlements.iter().zip(settling) {
         let day = usage::day_of(t.second);
         let j = days.iter().position(|d| *d == day).map_or(1, |i| i + 1);
-        let subjects = subjects(&t.dims);
         call.arg(t.lease_deadline_ms)
             .arg(t.second)
             .arg(u.total_tokens as i64 - t.reserved as i64)
@@ -66,24 +83,10 @@ pub async fn step(
             .arg(u.prompt_tokens)
             .arg(u.completion_tokens)
             .arg(j)
-            .arg(subjects.len());
-        for s in subjects {
-            let leased = t
-                .dims
-                .iter()
-                .any(|d| d.subject == s && d.kind == LimitKind::Concurrency);
-            if leased {
-                call.arg(format!("+{s}"));
-            } else {
-                call.arg(s);
-            }
-        }
+            .arg(set);
     }
-    for (dims, tokens) in admissions {
-        call.arg(*tokens).arg(dims.len());
-        for d in *dims {
-            call.arg(&d.subject).arg(d.kind.letter()).arg(d.limit);
-        }
+    for ((_, tokens), set) in admissions.iter().zip(admitting) {
+        call.arg(*tokens).arg(set);
     }
     let r: Vec<i64> = redis.invoke(&call).await?;
     if r.len() != admissions.len() * ANSWER {

@@ -135,21 +135,107 @@ local function add_to_bucket(st, sec, dr, dt, create)
   st.r, st.t = st.r + dr, st.t + dt
 end
 
--- Gives back one lease ending at `deadline` (a string), if one is held.
-local function drop_lease(st, deadline)
-  local a = find_entry(st.leases, deadline, ',')
-  if not a then return end
-  st.leases = cut(st.leases, a)
-  st.l = st.l - 1
+-- A step's changes to a subject are counted on its numbers first and written
+-- into its lists once, by `flush` and `flush_leases`: however many requests
+-- a step carries, each list is copied a few times, not once per request.
+-- `fix` holds listed buckets being corrected (their second -> {t, was});
+-- `taken` the leases being given back (deadline -> count), `held` how many
+-- of a deadline the list holds; `adds` the leases to append, ending at `ends`.
+local function pending(st)
+  st.fix, st.taken, st.held, st.adds, st.ends = {}, {}, {}, 0, 0
 end
 
+-- Corrects the tokens of the listed bucket of second `sec` by `dt` (leaving
+-- no fewer than 0), as add_to_bucket does, on the numbers only.
+local function correct(st, sec, dt)
+  if sec == st.s then return add_to_bucket(st, sec, 0, dt, false) end
+  local b = st.fix[sec]
+  if b == nil then
+    local a = find_entry(st.buckets, string.format('%d', sec), ' ')
+    b = false
+    if a then
+      local _, _, t = string.find(st.buckets, '^%d+ %d+ (%d+)', a)
+      t = tonumber(t)
+      b = {t = t, was = t}
+    end
+    st.fix[sec] = b
+  end
+  if not b then return end
+  local nt = math.max(b.t + dt, 0)
+  st.t = st.t + nt - b.t
+  b.t = nt
+end
+
+-- How many leases ending at `d` (a string) follow one another from `a` on.
+local function run_of(list, a, d)
+  local n, pos = 0, a
+  while string.sub(list, pos, pos + #d - 1) == d do
+    local c = string.sub(list, pos + #d, pos + #d)
+    if c ~= ',' and c ~= '' then break end
+    n, pos = n + 1, pos + #d + 1
+  end
+  return n
+end
+
+-- Gives back one lease ending at `d` (a string), if one is held.
+local function give_back(st, d)
+  local held = st.held[d]
+  if held == nil then
+    local a = find_entry(st.leases, d, ',')
+    held = a and run_of(st.leases, a, d) or 0
+  end
+  if held > 0 then
+    held = held - 1
+    st.l = st.l - 1
+    st.taken[d] = (st.taken[d] or 0) + 1
+  end
+  st.held[d] = held
+end
+
+-- Writes the corrections and the leases given back into the lists.
+local function flush(st)
+  for sec, b in pairs(st.fix) do
+    if b and b.t ~= b.was then
+      local key = string.format('%d', sec)
+      local a = find_entry(st.buckets, key, ' ')
+      local _, e, r = string.find(st.buckets, '^%d+ (%d+) %d+', a)
+      st.buckets = string.sub(st.buckets, 1, a - 1)
+        .. string.format('%s %s %d', key, r, b.t) .. string.sub(st.buckets, e + 1)
+    end
+  end
+  for d, n in pairs(st.taken) do
+    -- Leases of one deadline sit together: cut n of them in one copy.
+    local a = find_entry(st.leases, d, ',')
+    local e = a + n * (#d + 1) - 1
+    local out = string.sub(st.leases, 1, a - 1) .. string.sub(st.leases, e + 1)
+    if string.sub(out, -1) == ',' then out = string.sub(out, 1, -2) end
+    st.leases = out
+  end
+  st.fix, st.taken, st.held = {}, {}, {}
+end
+
+-- Appends the leases taken since the last flush.
+local function flush_leases(st)
+  if st.adds > 0 then
+    local entry = string.format('%d', st.ends)
+    st.leases = append(st.leases, string.rep(entry .. ',', st.adds - 1) .. entry)
+    st.adds = 0
+  end
+end
+
+-- Takes a lease ending at `deadline` (a number): appended at the next
+-- flush_leases when it ends last, put in its place at once otherwise.
 local function add_lease(st, deadline)
-  local entry = string.format('%d', deadline)
-  if deadline >= st.ld then
-    st.leases = append(st.leases, entry)
-    st.ld = deadline
+  if deadline >= st.ld and (st.adds == 0 or deadline == st.ends) then
+    st.adds, st.ends, st.ld = st.adds + 1, deadline, deadline
   else
-    st.leases = insert(st.leases, entry, deadline)
+    flush_leases(st)
+    if deadline >= st.ld then
+      st.leases = append(st.leases, string.format('%d', deadline))
+      st.ld = deadline
+    else
+      st.leases = insert(st.leases, string.format('%d', deadline), deadline)
+    end
   end
   st.l = st.l + 1
 end

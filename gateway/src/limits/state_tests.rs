@@ -424,3 +424,49 @@ async fn an_admission_nobody_waits_for_any_more_is_given_back() {
         .expect("the lease and the tokens came back");
     assert_eq!(h.tokens.unwrap().remaining, 400);
 }
+
+/// One request at a time, a settlement rides with the next admission: one
+/// call per request. A settlement that no admission follows goes alone.
+#[tokio::test]
+async fn a_settlement_rides_with_the_next_admission_or_goes_alone() {
+    let server = RedisServer::start();
+    let redis = Redis::new(&server.config("ride:")).unwrap();
+    let l = Limiter::new(
+        Some(redis.clone()),
+        RedisFailureMode::Closed,
+        1,
+        Duration::from_secs(30),
+        DAY,
+    );
+    let own = Limits {
+        rpm: None,
+        tpm: None,
+        max_concurrency: Some(1),
+        daily_tokens: None,
+    };
+    let s = subject("c1", Limits::default(), own);
+    let (mut t, _) = l.admit(&s, 10).await.unwrap();
+    let before = command_calls(&redis).await;
+    for _ in 0..10 {
+        l.settle(t, usage(1, 1));
+        // The lease given back first: the one lease is free for the next request.
+        (t, _) = l.admit(&s, 10).await.expect("settled before admitted");
+    }
+    let (calls, _) = ran_inside(&before, &command_calls(&redis).await);
+    assert_eq!(
+        calls, 10,
+        "one call for each settlement and the next admission"
+    );
+    l.settle(t, usage(1, 1));
+    while !l.steps.lock().unwrap().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    let today = now_ms() / 86_400_000;
+    let days = l
+        .usage()
+        .query(Some("acme"), today - 1, today + 1)
+        .await
+        .unwrap();
+    let metered: u64 = days.iter().map(|d| d.total.requests).sum();
+    assert_eq!(metered, 11, "the last settlement went alone");
+}

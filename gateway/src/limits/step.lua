@@ -12,15 +12,15 @@
 --              (`t` the tenant, `c:<client>` a client) and `x`, the unix
 --              second the key was last set to expire at
 -- KEYS[1+j]    the usage hash of the tenant for the j-th day settlements name
--- ARGV[1] lease ttl (ms)  ARGV[2] usage retention (s)
--- ARGV[3] number of settlements  ARGV[4] number of admissions, then
+-- ARGV[1] lease ttl (ms)  ARGV[2] usage retention (s)  ARGV[3] number of
+-- limit sets  ARGV[4] number of settlements  ARGV[5] number of admissions, then
+-- each limit set (the limits of one client of the tenant): n, then its n
+--   limits as three values: subject, kind (r requests/min, t tokens/min,
+--   c concurrency, d daily tokens), limit
 -- each settlement: its lease deadline (ms), the second it was charged to,
 --   token delta (actual - reserved), client id, prompt tokens, completion
---   tokens, the j of its usage hash, n, then its n subjects, with a + in
---   front of those it holds a lease of
--- each admission: tokens reserved, n, then its n limits as three values:
---   subject, kind (r requests/min, t tokens/min, c concurrency, d daily
---   tokens), limit
+--   tokens, the j of its usage hash, its limit set
+-- each admission: tokens reserved, its limit set
 -- Returns nine integers per admission, in order:
 --   {1, second, rq_limit, rq_remaining, rq_reset_ms, tk_limit, tk_remaining, tk_reset_ms, lease deadline ms}
 --   or {0, i, retry_after_ms (-1: never), rq_limit, ...}; limits of -1: none apply.
@@ -31,7 +31,7 @@
 -- about once a day per tenant (when its expiry comes within a day and a
 -- lease of now).
 local ttl, retention = tonumber(ARGV[1]), tonumber(ARGV[2])
-local n_settle, n_admit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local n_sets, n_settle, n_admit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local key = KEYS[1]
 -- The clock first, before any write: only admissions need it.
 local now_s, now_ms, today, deadline = 0, 0, 0, 0
@@ -43,43 +43,33 @@ if n_admit > 0 then
   deadline = now_ms + ttl
 end
 
--- Reads the requests off ARGV.
-local pos = 5
+local pos = 6
 local function arg()
   local v = ARGV[pos]
   pos = pos + 1
   return v
 end
-local fields, wanted = {}, {}
-local function want(s)
-  if not wanted[s] then
-    wanted[s] = true
-    fields[#fields + 1] = s
-  end
-end
-local settles, admits = {}, {}
-for i = 1, n_settle do
-  local q = {deadline = arg(), second = tonumber(arg()), delta = tonumber(arg()),
-    client = arg(), prompt = tonumber(arg()), completion = tonumber(arg()),
-    usage = tonumber(arg()), subjects = {}, leased = {}}
+
+-- The limit sets: their limits, their subjects (each once) and which of
+-- those hold leases; and every subject any of them names.
+local sets, fields, wanted = {}, {}, {}
+for i = 1, n_sets do
+  local set = {dims = {}, subjects = {}, leased = {}}
+  local seen = {}
   for j = 1, tonumber(arg()) do
-    local s = arg()
-    if string.sub(s, 1, 1) == '+' then
-      s = string.sub(s, 2)
-      q.leased[s] = true
+    local d = {s = arg(), k = arg(), l = tonumber(arg())}
+    set.dims[j] = d
+    if not seen[d.s] then
+      seen[d.s] = true
+      set.subjects[#set.subjects + 1] = d.s
     end
-    q.subjects[j] = s
-    want(s)
+    if d.k == 'c' then set.leased[d.s] = true end
+    if not wanted[d.s] then
+      wanted[d.s] = true
+      fields[#fields + 1] = d.s
+    end
   end
-  settles[i] = q
-end
-for i = 1, n_admit do
-  local q = {tokens = tonumber(arg()), dims = {}}
-  for j = 1, tonumber(arg()) do
-    q.dims[j] = {s = arg(), k = arg(), l = tonumber(arg())}
-    want(q.dims[j].s)
-  end
-  admits[i] = q
+  sets[i] = set
 end
 
 local states, present, dirty = {}, {}, {}
@@ -92,6 +82,7 @@ if #fields > 0 then
   for j, s in ipairs(fields) do
     present[s] = v[j] ~= false and v[j] ~= nil
     states[s] = decode(v[j] or nil)
+    pending(states[s])
   end
 end
 
@@ -99,35 +90,39 @@ end
 -- longer counted, so correcting it changes nothing. A subject that is gone
 -- (its key expired) stays gone: nothing is created here.
 local usage = {}
-for _, q in ipairs(settles) do
-  if q.delta ~= 0 or next(q.leased) ~= nil then
-    local day = math.floor(q.second / 86400)
-    for _, s in ipairs(q.subjects) do
+for _ = 1, n_settle do
+  local d, second, delta = arg(), tonumber(arg()), tonumber(arg())
+  local client, prompt, completion = arg(), tonumber(arg()), tonumber(arg())
+  local j, set = tonumber(arg()), sets[tonumber(arg())]
+  if delta ~= 0 or next(set.leased) ~= nil then
+    local day = math.floor(second / 86400)
+    for _, s in ipairs(set.subjects) do
       if present[s] then
         local st = states[s]
-        if q.delta ~= 0 then
-          add_to_bucket(st, q.second, 0, q.delta, false)
-          if st.day == day then st.used = math.max(st.used + q.delta, 0) end
+        if delta ~= 0 then
+          correct(st, second, delta)
+          if st.day == day then st.used = math.max(st.used + delta, 0) end
         end
-        if q.leased[s] then drop_lease(st, q.deadline) end
+        if set.leased[s] then give_back(st, d) end
         dirty[s] = true
       end
     end
   end
-  local u = usage[q.usage]
+  local u = usage[j]
   if not u then
     u = {clients = {}, order = {}, requests = 0, prompt = 0, completion = 0}
-    usage[q.usage] = u
+    usage[j] = u
   end
-  local c = u.clients[q.client]
+  local c = u.clients[client]
   if not c then
     c = {requests = 0, prompt = 0, completion = 0}
-    u.clients[q.client] = c
-    u.order[#u.order + 1] = q.client
+    u.clients[client] = c
+    u.order[#u.order + 1] = client
   end
-  u.requests, u.prompt, u.completion = u.requests + 1, u.prompt + q.prompt, u.completion + q.completion
-  c.requests, c.prompt, c.completion = c.requests + 1, c.prompt + q.prompt, c.completion + q.completion
+  u.requests, u.prompt, u.completion = u.requests + 1, u.prompt + prompt, u.completion + completion
+  c.requests, c.prompt, c.completion = c.requests + 1, c.prompt + prompt, c.completion + completion
 end
+for _, s in ipairs(fields) do flush(states[s]) end
 
 -- Usage keeps its layout (totals, then c:<client>:<field>), read by usage.rs.
 -- Every write to a hash sets `requests`: without it the hash is new. It is
@@ -158,8 +153,6 @@ for j = 1, #KEYS - 1 do
 end
 
 -- Admissions.
-local out = {}
-local admitted = false
 if n_admit > 0 then
   for _, s in ipairs(fields) do prune(states[s], now_s - 59, now_ms) end
 end
@@ -185,7 +178,8 @@ local function retry_after(st, k, amount, l)
   return 1
 end
 
-local function headroom(dims)
+-- The tightest requests and tokens windows of `dims`, into `out`.
+local function headroom(dims, out)
   local h = {-1, 0, 0, -1, 0, 0}
   for _, d in ipairs(dims) do
     if d.k == 'r' or d.k == 't' then
@@ -200,13 +194,12 @@ local function headroom(dims)
       end
     end
   end
-  return h
+  for j = 1, 6 do out[#out + 1] = h[j] end
 end
 
 -- The refusal of an admission by its i-th limit, or nil when every limit passes.
-local function check(q)
-  local tokens = q.tokens
-  for i, d in ipairs(q.dims) do
+local function check(dims, tokens)
+  for i, d in ipairs(dims) do
     local st, l = states[d.s], d.l
     if d.k == 'r' or d.k == 't' then
       local amount = tokens
@@ -228,31 +221,25 @@ local function check(q)
   end
 end
 
-for _, q in ipairs(admits) do
-  local i, retry = check(q)
+local out, admitted = {}, false
+for _ = 1, n_admit do
+  local tokens, set = tonumber(arg()), sets[tonumber(arg())]
+  local i, retry = check(set.dims, tokens)
   if i then
-    local h = headroom(q.dims)
     out[#out + 1] = 0; out[#out + 1] = i; out[#out + 1] = retry
-    for j = 1, 6 do out[#out + 1] = h[j] end
+    headroom(set.dims, out)
   else
-    local seen = {}
-    for _, d in ipairs(q.dims) do
-      if not seen[d.s] then
-        seen[d.s] = true
-        local st = states[d.s]
-        add_to_bucket(st, now_s, 1, q.tokens, true)
-        if st.day ~= today then st.day, st.used = today, 0 end
-        st.used = st.used + q.tokens
-        dirty[d.s] = true
-        admitted = true
-      end
+    for _, s in ipairs(set.subjects) do
+      local st = states[s]
+      add_to_bucket(st, now_s, 1, tokens, true)
+      if st.day ~= today then st.day, st.used = today, 0 end
+      st.used = st.used + tokens
+      if set.leased[s] then add_lease(st, deadline) end
+      dirty[s] = true
+      admitted = true
     end
-    for _, d in ipairs(q.dims) do
-      if d.k == 'c' then add_lease(states[d.s], deadline) end
-    end
-    local h = headroom(q.dims)
     out[#out + 1] = 1; out[#out + 1] = now_s
-    for j = 1, 6 do out[#out + 1] = h[j] end
+    headroom(set.dims, out)
     out[#out + 1] = deadline
   end
 end
@@ -260,6 +247,7 @@ end
 local args = {}
 for _, s in ipairs(fields) do
   if dirty[s] then
+    flush_leases(states[s])
     args[#args + 1] = s
     args[#args + 1] = encode(states[s])
   end

@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::oneshot;
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
 use tollgate_shared::openai::Usage;
 use tollgate_shared::store::{Redis, StoreError};
 
@@ -24,12 +26,20 @@ const MAX_PER_STEP: usize = 64;
 
 pub(super) type Queues = Mutex<HashMap<String, Queue>>;
 
+/// How long settlements alone wait for an admission to ride with: one
+/// request at a time, its settlement goes in the next request's call rather
+/// than in a call of its own that the next admission would queue behind.
+const LINGER: Duration = Duration::from_millis(1);
+
 /// What waits for a tenant's next call. A tenant has an entry exactly while
 /// its task runs.
 #[derive(Default)]
 pub(super) struct Queue {
     admissions: Vec<Admission>,
     settlements: Vec<Settlement>,
+    /// Told when an admission arrives while the task lingers.
+    admitting: Arc<Notify>,
+    lingering: bool,
 }
 
 /// A request to admit: its ticket (limits, reservation; second and
@@ -98,7 +108,13 @@ impl Limiter {
         let key = key.clone();
         let q = queues.entry(key.clone()).or_default();
         match job {
-            Job::Admit(a) => q.admissions.push(a),
+            Job::Admit(a) => {
+                q.admissions.push(a);
+                if q.lingering {
+                    q.lingering = false;
+                    q.admitting.notify_one();
+                }
+            }
             Job::Settle(s) => q.settlements.push(s),
         }
         drop(queues);
@@ -120,21 +136,36 @@ impl Limiter {
         };
         let ttl_ms = self.lease_ttl.as_millis() as u64;
         let retention = self.book.retention();
+        let mut lingered = false;
         loop {
-            let (admissions, settlements) = {
+            let taken = {
                 let mut queues = lock(&self.steps);
                 let Some(q) = queues.get_mut(&key) else { break };
                 if q.admissions.is_empty() && q.settlements.is_empty() {
                     queues.remove(&key);
                     break;
                 }
-                let a = q.admissions.len().min(MAX_PER_STEP);
-                let s = q.settlements.len().min(MAX_PER_STEP);
-                (
-                    q.admissions.drain(..a).collect::<Vec<_>>(),
-                    q.settlements.drain(..s).collect::<Vec<_>>(),
-                )
+                q.lingering = q.admissions.is_empty() && !lingered;
+                if q.lingering {
+                    Err(q.admitting.clone())
+                } else {
+                    let a = q.admissions.len().min(MAX_PER_STEP);
+                    let s = q.settlements.len().min(MAX_PER_STEP);
+                    Ok((
+                        q.admissions.drain(..a).collect::<Vec<_>>(),
+                        q.settlements.drain(..s).collect::<Vec<_>>(),
+                    ))
+                }
             };
+            let (admissions, settlements) = match taken {
+                Ok(t) => t,
+                Err(admitting) => {
+                    let _ = tokio::time::timeout(LINGER, admitting.notified()).await;
+                    lingered = true;
+                    continue;
+                }
+            };
+            lingered = false;
             let settling: Vec<_> = settlements.iter().map(|s| (&s.ticket, &s.usage)).collect();
             let admitting: Vec<_> = admissions
                 .iter()
