@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::integer;
+
 /// vLLM's extra request fields an operator may let clients send
 /// (`guardrails.allow_fields`). They change how vLLM serves a request, so the
 /// gateway refuses them unless allowed; any field not known here is refused
@@ -48,15 +50,27 @@ pub struct ChatCompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     pub messages: Vec<ChatMessage>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_completion_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub n: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
@@ -68,30 +82,50 @@ pub struct ChatCompletionRequest {
     pub presence_penalty: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frequency_penalty: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub seed: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub top_logprobs: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logit_bias: Option<BTreeMap<String, f32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<serde_json::Value>,
     // vLLM extras (see VLLM_EXTRA_FIELDS): refused unless the operator allows them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub top_k: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_p: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repetition_penalty: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore_eos: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stop_token_ids: Option<Vec<u32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bad_words: Option<Vec<String>>,
@@ -99,7 +133,11 @@ pub struct ChatCompletionRequest {
     pub skip_special_tokens: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include_stop_str_in_output: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub priority: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guided_json: Option<serde_json::Value>,
@@ -217,15 +255,27 @@ pub struct CompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     pub prompt: Prompt,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub n: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub best_of: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
@@ -237,28 +287,48 @@ pub struct CompletionRequest {
     pub presence_penalty: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frequency_penalty: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub seed: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub logprobs: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echo: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logit_bias: Option<BTreeMap<String, f32>>,
     // vLLM extras (see VLLM_EXTRA_FIELDS): refused unless the operator allows them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub top_k: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_p: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repetition_penalty: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore_eos: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stop_token_ids: Option<Vec<u32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bad_words: Option<Vec<String>>,
@@ -266,7 +336,11 @@ pub struct CompletionRequest {
     pub skip_special_tokens: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include_stop_str_in_output: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub priority: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guided_json: Option<serde_json::Value>,
@@ -315,7 +389,7 @@ impl Prompt {
 #[serde(deny_unknown_fields)]
 pub struct GenerateRequest {
     pub prompt: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub temperature: Option<f32>,
@@ -378,6 +452,27 @@ mod tests {
             r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
         );
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn integer_fields_take_numbers_with_a_zero_fraction() {
+        let r: ChatCompletionRequest = serde_json::from_str(
+            r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":17.0,"n":1.0,"seed":-5e0,"stop_token_ids":[7.0]}"#,
+        )
+        .unwrap();
+        assert_eq!((r.max_tokens, r.n, r.seed), (Some(17), Some(1), Some(-5)));
+        // Forwarded as plain integers.
+        assert!(
+            serde_json::to_string(&r)
+                .unwrap()
+                .contains(r#""max_tokens":17,"#)
+        );
+        let r: CompletionRequest =
+            serde_json::from_str(r#"{"prompt":"x","best_of":2.0,"logprobs":0.0}"#).unwrap();
+        assert_eq!((r.best_of, r.logprobs), (Some(2), Some(0)));
+        let e = serde_json::from_str::<CompletionRequest>(r#"{"prompt":"x","max_tokens":17.5}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("expected an integer"), "{e}");
     }
 
     #[test]

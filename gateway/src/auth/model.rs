@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 use tollgate_shared::config::{ID_RULE, Limits, Priority, Scope, valid_id};
+use tollgate_shared::integer::{self, Integral};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TenantRecord {
@@ -54,9 +55,9 @@ fn invalid(param: &'static str, message: impl Into<String>) -> Invalid {
     }
 }
 
-/// Distinguishes an absent field (keep) from `null` (clear) in a PATCH.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
+/// Distinguishes an absent field (keep) from `null` (clear) in a PATCH of a limit.
+fn present<'de, D: Deserializer<'de>, T: Integral<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize_integral(d).map(Some)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,10 +65,15 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
 pub struct NewTenant {
     pub id: String,
     pub priority: Option<Priority>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub weight: Option<u32>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub rpm: Option<u64>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub tpm: Option<u64>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub max_concurrency: Option<u64>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub daily_tokens: Option<u64>,
 }
 
@@ -75,6 +81,7 @@ pub struct NewTenant {
 #[serde(deny_unknown_fields)]
 pub struct TenantPatch {
     pub priority: Option<Priority>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub weight: Option<u32>,
     #[serde(default, deserialize_with = "present")]
     pub rpm: Option<Option<u64>>,
@@ -93,9 +100,13 @@ pub struct NewClient {
     pub id: Option<String>,
     pub tenant: String,
     pub scopes: Option<Vec<Scope>>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub rpm: Option<u64>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub tpm: Option<u64>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub max_concurrency: Option<u64>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub daily_tokens: Option<u64>,
     pub disabled: Option<bool>,
 }
@@ -409,6 +420,29 @@ mod tests {
             daily_tokens: None,
         };
         assert_eq!(t.into_record(1).unwrap_err().param, "weight");
+    }
+
+    #[test]
+    fn integers_may_be_written_with_a_zero_fraction() {
+        let t: NewTenant =
+            serde_json::from_str(r#"{"id":"acme","weight":17.0,"rpm":6e2}"#).unwrap();
+        assert_eq!((t.weight, t.rpm), (Some(17), Some(600)));
+        let p: TenantPatch =
+            serde_json::from_str(r#"{"weight":2.0,"tpm":5.0,"rpm":null}"#).unwrap();
+        assert_eq!(
+            (p.weight, p.tpm, p.rpm, p.daily_tokens),
+            (Some(2), Some(Some(5)), Some(None), None)
+        );
+        let p: ClientPatch = serde_json::from_str(r#"{"daily_tokens":1000.0}"#).unwrap();
+        assert_eq!(p.daily_tokens, Some(Some(1000)));
+        for body in [
+            r#"{"id":"acme","weight":17.5}"#,
+            r#"{"id":"acme","rpm":-1.0}"#,
+        ] {
+            let e = serde_json::from_str::<NewTenant>(body).unwrap_err();
+            assert!(e.to_string().contains("expected an integer"), "{body}: {e}");
+        }
+        assert!(serde_json::from_str::<ClientPatch>(r#"{"tpm":0.5}"#).is_err());
     }
 
     #[test]
