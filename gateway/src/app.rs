@@ -44,6 +44,8 @@ pub struct Gateway {
     pub guard: Guard,
     /// The last minute of traffic per tenant, for the dashboard.
     pub stats: crate::telemetry::Stats,
+    /// `/openapi.json`, built for this configuration at start.
+    pub openapi: bytes::Bytes,
 }
 
 /// A running gateway. Dropping it stops the scheduler and the pool's pollers.
@@ -179,6 +181,7 @@ pub fn start(
         token_counter,
         guard,
         stats: Default::default(),
+        openapi: http::openapi::build(&config),
     });
     crate::telemetry::metrics::describe();
     let server = HttpServer::new(move || {

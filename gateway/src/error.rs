@@ -5,7 +5,19 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{CACHE_CONTROL, HeaderValue, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE};
 use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
 use tollgate_shared::config::Scope;
+use tollgate_shared::openai::{ErrorBody, ErrorEnvelope};
+use utoipa::ToSchema;
+
+/// The token endpoint's error body (RFC 6749 §5.2).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OAuthErrorBody {
+    /// `invalid_request`, `invalid_client`, `unsupported_grant_type`,
+    /// `invalid_scope`, `unauthorized_client`, `slow_down` or `temporarily_unavailable`
+    pub error: String,
+    pub error_description: String,
+}
 
 /// RFC 6749 §5.2 error codes of the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,25 +209,26 @@ impl ApiError {
 
     /// The JSON body: RFC 6749 for the token endpoint, OpenAI's shape elsewhere.
     pub fn body(&self) -> serde_json::Value {
-        match self {
-            ApiError::OAuth { code, description } => serde_json::json!({
-                "error": code.as_str(),
-                "error_description": description,
+        let body = match self {
+            ApiError::OAuth { code, description } => serde_json::to_value(OAuthErrorBody {
+                error: code.as_str().to_owned(),
+                error_description: description.clone(),
             }),
-            ApiError::InvalidRequest { param, .. } => openai_body(self, param.as_deref()),
+            ApiError::InvalidRequest { param, .. } => openai_body(self, param.clone()),
             _ => openai_body(self, None),
-        }
+        };
+        body.unwrap_or_default()
     }
 }
 
-fn openai_body(e: &ApiError, param: Option<&str>) -> serde_json::Value {
-    serde_json::json!({
-        "error": {
-            "message": e.public_message(),
-            "type": e.kind(),
-            "param": param,
-            "code": e.code(),
-        }
+fn openai_body(e: &ApiError, param: Option<String>) -> serde_json::Result<serde_json::Value> {
+    serde_json::to_value(ErrorEnvelope {
+        error: ErrorBody {
+            message: e.public_message(),
+            kind: e.kind().to_owned(),
+            param,
+            code: e.code().into(),
+        },
     })
 }
 

@@ -102,7 +102,7 @@ struct Tracked {
 }
 
 /// One worker as this gateway sees it (for admin views and tests).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WorkerView {
     pub url: String,
     pub worker_id: Option<String>,

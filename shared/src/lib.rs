@@ -3,6 +3,7 @@
 //! - `config`: TOML + env config, raw → validated, secrets masked
 //! - `secret`: secret sources and a value type that never prints itself
 //! - `openai`: OpenAI-compatible request/response wire types
+//! - `integer`: integers read as JSON Schema has them (`17.0` is `17`)
 //! - `worker_api`: the internal gateway ↔ worker API
 //! - `breaker`: the circuit breaker state machine (pure)
 //! - `ids`: request ids (W3C trace ids) and `traceparent`
@@ -17,6 +18,7 @@ pub mod config;
 pub mod http;
 pub mod ids;
 pub mod inflight;
+pub mod integer;
 pub mod openai;
 pub mod secret;
 pub mod store;

@@ -6,6 +6,9 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::integer;
 
 /// vLLM's extra request fields an operator may let clients send
 /// (`guardrails.allow_fields`). They change how vLLM serves a request, so the
@@ -42,21 +45,33 @@ macro_rules! present {
     }};
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatCompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     pub messages: Vec<ChatMessage>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_completion_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub n: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
@@ -68,30 +83,50 @@ pub struct ChatCompletionRequest {
     pub presence_penalty: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frequency_penalty: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub seed: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub top_logprobs: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logit_bias: Option<BTreeMap<String, f32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<serde_json::Value>,
     // vLLM extras (see VLLM_EXTRA_FIELDS): refused unless the operator allows them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub top_k: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_p: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repetition_penalty: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore_eos: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stop_token_ids: Option<Vec<u32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bad_words: Option<Vec<String>>,
@@ -99,7 +134,11 @@ pub struct ChatCompletionRequest {
     pub skip_special_tokens: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include_stop_str_in_output: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub priority: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guided_json: Option<serde_json::Value>,
@@ -136,7 +175,7 @@ impl ChatCompletionRequest {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChatMessage {
     pub role: ChatRole,
@@ -146,7 +185,7 @@ pub struct ChatMessage {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChatRole {
     System,
@@ -155,7 +194,7 @@ pub enum ChatRole {
     Assistant,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
@@ -163,7 +202,7 @@ pub enum MessageContent {
 }
 
 /// Only text parts: the served model is a text model.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ContentPart {
     Text { text: String },
@@ -195,7 +234,7 @@ impl MessageContent {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -204,28 +243,40 @@ pub struct StreamOptions {
     pub continuous_usage_stats: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     pub prompt: Prompt,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub n: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub best_of: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
@@ -237,28 +288,48 @@ pub struct CompletionRequest {
     pub presence_penalty: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frequency_penalty: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub seed: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub logprobs: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echo: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logit_bias: Option<BTreeMap<String, f32>>,
     // vLLM extras (see VLLM_EXTRA_FIELDS): refused unless the operator allows them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub top_k: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_p: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repetition_penalty: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignore_eos: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stop_token_ids: Option<Vec<u32>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bad_words: Option<Vec<String>>,
@@ -266,7 +337,11 @@ pub struct CompletionRequest {
     pub skip_special_tokens: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include_stop_str_in_output: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "integer::deserialize",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub priority: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guided_json: Option<serde_json::Value>,
@@ -294,7 +369,7 @@ impl CompletionRequest {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum Prompt {
     One(String),
@@ -311,17 +386,17 @@ impl Prompt {
 }
 
 /// The simple form of `/v1/generate`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateRequest {
     pub prompt: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub temperature: Option<f32>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -330,18 +405,85 @@ pub struct Usage {
 
 /// OpenAI's error envelope. vLLM puts the HTTP status (a number) in `code`;
 /// the gateway puts a machine-readable string there.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 pub struct ErrorEnvelope {
     pub error: ErrorBody,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 pub struct ErrorBody {
     pub message: String,
     #[serde(rename = "type")]
     pub kind: String,
     pub param: Option<String>,
+    /// The gateway's answers carry a string here.
+    #[schema(value_type = String)]
     pub code: serde_json::Value,
+}
+
+/// A chat completion as vLLM answers it. The gateway relays the answer
+/// unchanged, so fields beyond these pass through.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct ChatCompletion {
+    pub id: String,
+    /// `chat.completion`
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: AssistantMessage,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct AssistantMessage {
+    pub role: String,
+    pub content: Option<String>,
+}
+
+/// A text completion as vLLM answers it, relayed like [`ChatCompletion`].
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct Completion {
+    pub id: String,
+    /// `text_completion`
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub text: String,
+    pub finish_reason: Option<String>,
+}
+
+/// `GET /v1/models`: the served model.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct ModelList {
+    /// `list`
+    pub object: String,
+    pub data: Vec<Model>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct Model {
+    pub id: String,
+    /// `model`
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+    /// The context window as the fleet reports it; absent until a worker has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<u64>,
 }
 
 #[cfg(test)]
@@ -378,6 +520,27 @@ mod tests {
             r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
         );
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn integer_fields_take_numbers_with_a_zero_fraction() {
+        let r: ChatCompletionRequest = serde_json::from_str(
+            r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":17.0,"n":1.0,"seed":-5e0,"stop_token_ids":[7.0]}"#,
+        )
+        .unwrap();
+        assert_eq!((r.max_tokens, r.n, r.seed), (Some(17), Some(1), Some(-5)));
+        // Forwarded as plain integers.
+        assert!(
+            serde_json::to_string(&r)
+                .unwrap()
+                .contains(r#""max_tokens":17,"#)
+        );
+        let r: CompletionRequest =
+            serde_json::from_str(r#"{"prompt":"x","best_of":2.0,"logprobs":0.0}"#).unwrap();
+        assert_eq!((r.best_of, r.logprobs), (Some(2), Some(0)));
+        let e = serde_json::from_str::<CompletionRequest>(r#"{"prompt":"x","max_tokens":17.5}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("expected an integer"), "{e}");
     }
 
     #[test]

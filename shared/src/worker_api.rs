@@ -99,7 +99,7 @@ pub struct WorkerLoad {
     pub shards: Vec<ShardLoad>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ShardLoad {
     pub index: u32,
     pub healthy: bool,

@@ -32,7 +32,7 @@ use tollgate_shared::config::TelemetryConfig;
 use tollgate_shared::store::{Redis, StoreError};
 
 pub use file::Rotation;
-pub use query::{AuditQuery, Page, QueryError, RawQuery};
+pub use query::{AuditQuery, MAX_LIMIT, Page, QueryError, RawQuery};
 pub use record::{
     AuditRecord, escape_controls, now_ms, parse_rfc3339_ms, parse_utc_date, rfc3339_ms,
     rfc3339_now, utc_date,

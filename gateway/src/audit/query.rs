@@ -32,14 +32,21 @@ pub struct AuditQuery {
 }
 
 /// A query's parameters as the URL gives them.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RawQuery {
+    /// Only this client's records.
     pub client_id: Option<String>,
+    /// Only this tenant's records.
     pub tenant: Option<String>,
+    /// From this time on: RFC 3339 UTC (`2026-11-25T01:02:03Z`) or Unix seconds; not after `until`.
     pub since: Option<String>,
+    /// Up to this time, in the same forms.
     pub until: Option<String>,
+    /// Records a page, 1 to 1000 (default 100).
     pub limit: Option<usize>,
+    /// The previous page's `next_cursor`.
     pub cursor: Option<String>,
 }
 
@@ -61,14 +68,17 @@ fn parse_time(param: &'static str, s: &str) -> Result<u64, QueryError> {
 
 impl AuditQuery {
     pub fn parse(raw: RawQuery) -> Result<AuditQuery, QueryError> {
+        // An empty parameter is no filter, as for the others.
         let since_ms = raw
             .since
             .as_deref()
+            .filter(|s| !s.is_empty())
             .map(|s| parse_time("since", s))
             .transpose()?;
         let until_ms = raw
             .until
             .as_deref()
+            .filter(|s| !s.is_empty())
             .map(|s| parse_time("until", s))
             .transpose()?;
         if let (Some(s), Some(u)) = (since_ms, until_ms)

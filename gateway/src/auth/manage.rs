@@ -110,11 +110,13 @@ pub async fn create_client(
     reg: &Registry,
     new: NewClient,
 ) -> Result<Shown<ClientRecord>, ApiError> {
+    // A well-formed request naming a tenant that does not exist (yet): it
+    // clashes with the registry's state, like a duplicate id.
     if reg.tenant(&new.tenant).is_none() {
-        return Err(ApiError::invalid_param(
-            "tenant",
-            format!("no tenant `{}`", new.tenant),
-        ));
+        return Err(ApiError::Conflict(format!(
+            "no tenant `{}`; create it first",
+            new.tenant
+        )));
     }
     let id = new.id.clone().unwrap_or_else(generated_id);
     let secret = secret::generate();

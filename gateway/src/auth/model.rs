@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 use tollgate_shared::config::{ID_RULE, Limits, Priority, Scope, valid_id};
+use tollgate_shared::integer::{self, Integral};
+use utoipa::ToSchema;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TenantRecord {
@@ -54,27 +56,33 @@ fn invalid(param: &'static str, message: impl Into<String>) -> Invalid {
     }
 }
 
-/// Distinguishes an absent field (keep) from `null` (clear) in a PATCH.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
+/// Distinguishes an absent field (keep) from `null` (clear) in a PATCH of a limit.
+fn present<'de, D: Deserializer<'de>, T: Integral<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize_integral(d).map(Some)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
     pub id: String,
     pub priority: Option<Priority>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub weight: Option<u32>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub rpm: Option<u64>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub tpm: Option<u64>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub max_concurrency: Option<u64>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub daily_tokens: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantPatch {
     pub priority: Option<Priority>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub weight: Option<u32>,
     #[serde(default, deserialize_with = "present")]
     pub rpm: Option<Option<u64>>,
@@ -86,21 +94,25 @@ pub struct TenantPatch {
     pub daily_tokens: Option<Option<u64>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewClient {
     /// Generated when absent.
     pub id: Option<String>,
     pub tenant: String,
     pub scopes: Option<Vec<Scope>>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub rpm: Option<u64>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub tpm: Option<u64>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub max_concurrency: Option<u64>,
+    #[serde(default, deserialize_with = "integer::deserialize")]
     pub daily_tokens: Option<u64>,
     pub disabled: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientPatch {
     pub scopes: Option<Vec<Scope>>,
@@ -133,11 +145,17 @@ fn limit(param: &'static str, v: Option<u64>) -> Result<Option<u64>, Invalid> {
     }
 }
 
+/// The largest tenant `weight` (the smallest is 1).
+pub const MAX_WEIGHT: u32 = 1000;
+
 fn weight(v: u32) -> Result<u32, Invalid> {
-    if (1..=1000).contains(&v) {
+    if (1..=MAX_WEIGHT).contains(&v) {
         Ok(v)
     } else {
-        Err(invalid("weight", "`weight` must be between 1 and 1000"))
+        Err(invalid(
+            "weight",
+            format!("`weight` must be between 1 and {MAX_WEIGHT}"),
+        ))
     }
 }
 
@@ -301,20 +319,20 @@ impl ClientRecord {
     }
 
     /// What an admin sees: never the secret, never its hash.
-    pub fn view(&self) -> serde_json::Value {
-        serde_json::json!({
-            "object": "client",
-            "id": self.id,
-            "tenant": self.tenant,
-            "scopes": self.scopes,
-            "rpm": self.limits.rpm,
-            "tpm": self.limits.tpm,
-            "max_concurrency": self.limits.max_concurrency,
-            "daily_tokens": self.limits.daily_tokens,
-            "disabled": self.disabled,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        })
+    pub fn view(&self) -> ClientView {
+        ClientView {
+            object: "client",
+            id: self.id.clone(),
+            tenant: self.tenant.clone(),
+            scopes: self.scopes.clone(),
+            rpm: self.limits.rpm,
+            tpm: self.limits.tpm,
+            max_concurrency: self.limits.max_concurrency,
+            daily_tokens: self.limits.daily_tokens,
+            disabled: self.disabled,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
     }
 }
 
@@ -327,20 +345,57 @@ impl TenantRecord {
         }
     }
 
-    pub fn view(&self) -> serde_json::Value {
-        serde_json::json!({
-            "object": "tenant",
-            "id": self.id,
-            "priority": self.priority,
-            "weight": self.weight,
-            "rpm": self.limits.rpm,
-            "tpm": self.limits.tpm,
-            "max_concurrency": self.limits.max_concurrency,
-            "daily_tokens": self.limits.daily_tokens,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        })
+    pub fn view(&self) -> TenantView {
+        TenantView {
+            object: "tenant",
+            id: self.id.clone(),
+            priority: self.priority,
+            weight: self.weight,
+            rpm: self.limits.rpm,
+            tpm: self.limits.tpm,
+            max_concurrency: self.limits.max_concurrency,
+            daily_tokens: self.limits.daily_tokens,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
     }
+}
+
+/// A tenant as the admin API shows it. Limits are `null` when unlimited;
+/// times are Unix seconds.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TenantView {
+    /// `tenant`
+    #[schema(value_type = String)]
+    pub object: &'static str,
+    pub id: String,
+    pub priority: Priority,
+    pub weight: u32,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_concurrency: Option<u64>,
+    pub daily_tokens: Option<u64>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// A client as the admin API shows it: never its secret, nor the secret's
+/// hash. Limits are `null` when the tenant's apply.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ClientView {
+    /// `client`
+    #[schema(value_type = String)]
+    pub object: &'static str,
+    pub id: String,
+    pub tenant: String,
+    pub scopes: Vec<Scope>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub max_concurrency: Option<u64>,
+    pub daily_tokens: Option<u64>,
+    pub disabled: bool,
+    pub created_at: u64,
+    pub updated_at: u64,
 }
 
 #[cfg(test)]
@@ -412,6 +467,29 @@ mod tests {
     }
 
     #[test]
+    fn integers_may_be_written_with_a_zero_fraction() {
+        let t: NewTenant =
+            serde_json::from_str(r#"{"id":"acme","weight":17.0,"rpm":6e2}"#).unwrap();
+        assert_eq!((t.weight, t.rpm), (Some(17), Some(600)));
+        let p: TenantPatch =
+            serde_json::from_str(r#"{"weight":2.0,"tpm":5.0,"rpm":null}"#).unwrap();
+        assert_eq!(
+            (p.weight, p.tpm, p.rpm, p.daily_tokens),
+            (Some(2), Some(Some(5)), Some(None), None)
+        );
+        let p: ClientPatch = serde_json::from_str(r#"{"daily_tokens":1000.0}"#).unwrap();
+        assert_eq!(p.daily_tokens, Some(Some(1000)));
+        for body in [
+            r#"{"id":"acme","weight":17.5}"#,
+            r#"{"id":"acme","rpm":-1.0}"#,
+        ] {
+            let e = serde_json::from_str::<NewTenant>(body).unwrap_err();
+            assert!(e.to_string().contains("expected an integer"), "{body}: {e}");
+        }
+        assert!(serde_json::from_str::<ClientPatch>(r#"{"tpm":0.5}"#).is_err());
+    }
+
+    #[test]
     fn disabling_rotating_and_deleting_move_the_generation_on() {
         let c = client();
         let off = ClientPatch {
@@ -455,7 +533,7 @@ mod tests {
 
     #[test]
     fn views_never_show_the_secret_hash() {
-        let v = client().view().to_string();
+        let v = serde_json::to_string(&client().view()).unwrap();
         assert!(
             !v.contains("argon2") && !v.contains("secret") && !v.contains("gen"),
             "{v}"

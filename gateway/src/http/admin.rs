@@ -9,55 +9,24 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{CACHE_CONTROL, PRAGMA};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tollgate_shared::config::valid_id;
+use utoipa::{IntoParams, ToSchema};
 
 use super::audit_api::admin;
 use super::oauth::record;
 use crate::app::Gateway;
 use crate::auth::Caller;
 use crate::auth::manage::{self, Shown, scope_list};
-use crate::auth::model::{ClientPatch, ClientRecord, NewClient, NewTenant, TenantPatch};
+use crate::auth::model::{
+    ClientPatch, ClientRecord, ClientView, NewClient, NewTenant, TenantPatch, TenantView,
+};
 use crate::error::ApiError;
+use tollgate_shared::openai::ErrorEnvelope;
 
 /// Admin bodies are small; anything bigger is not one.
 const MAX_BODY_BYTES: usize = 64 * 1024;
-
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    let na = || web::to(super::method_not_allowed);
-    cfg.service(
-        web::resource("/v1/admin/tenants")
-            .route(web::get().to(list_tenants))
-            .route(web::post().to(create_tenant))
-            .default_service(na()),
-    )
-    .service(
-        web::resource("/v1/admin/tenants/{id}")
-            .route(web::get().to(get_tenant))
-            .route(web::patch().to(patch_tenant))
-            .route(web::delete().to(delete_tenant))
-            .default_service(na()),
-    )
-    .service(
-        web::resource("/v1/admin/clients")
-            .route(web::get().to(list_clients))
-            .route(web::post().to(create_client))
-            .default_service(na()),
-    )
-    .service(
-        web::resource("/v1/admin/clients/{id}")
-            .route(web::get().to(get_client))
-            .route(web::patch().to(patch_client))
-            .route(web::delete().to(delete_client))
-            .default_service(na()),
-    )
-    .service(
-        web::resource("/v1/admin/clients/{id}/rotate-secret")
-            .route(web::post().to(rotate_secret))
-            .default_service(na()),
-    );
-}
 
 /// A JSON body of exactly the accepted fields; the refused field is named.
 fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
@@ -65,6 +34,11 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
         return Err(ApiError::PayloadTooLarge {
             limit: MAX_BODY_BYTES,
         });
+    }
+    if !crate::validate::is_object(bytes) {
+        return Err(ApiError::invalid(
+            "invalid request body: expected a JSON object",
+        ));
     }
     serde_json::from_slice(bytes).map_err(|e| {
         let message = e.to_string();
@@ -105,28 +79,86 @@ fn changed(req: &HttpRequest, gw: &Gateway, caller: &Caller, tenant: &str, detai
     tracing::info!(by = %caller.client_id, tenant, "admin change");
 }
 
-fn list(data: Vec<serde_json::Value>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"object": "list", "data": data}))
+/// A list answer: `{"object": "list", "data": [...]}`.
+#[derive(Serialize, ToSchema)]
+pub struct List<T> {
+    /// `list`
+    #[schema(value_type = String)]
+    pub object: &'static str,
+    pub data: Vec<T>,
+}
+
+pub fn list<T>(data: Vec<T>) -> List<T> {
+    List {
+        object: "list",
+        data,
+    }
+}
+
+/// The answer to a deletion.
+#[derive(Serialize, ToSchema)]
+pub struct Deleted {
+    /// `tenant` or `client`
+    #[schema(value_type = String)]
+    pub object: &'static str,
+    pub id: String,
+    pub deleted: bool,
+}
+
+/// A client with its new secret: the answer to a creation or a rotation,
+/// the only time the secret is shown.
+#[derive(Serialize, ToSchema)]
+pub struct ClientWithSecret {
+    #[serde(flatten)]
+    pub client: ClientView,
+    pub client_secret: String,
 }
 
 /// An answer that carries a secret: never cached anywhere.
 fn with_secret(status: StatusCode, shown: &Shown<ClientRecord>) -> HttpResponse {
-    let mut v = shown.record.view();
-    v["client_secret"] = shown.secret.clone().into();
     HttpResponse::build(status)
         .insert_header((CACHE_CONTROL, "no-store"))
         .insert_header((PRAGMA, "no-cache"))
-        .json(v)
+        .json(ClientWithSecret {
+            client: shown.record.view(),
+            client_secret: shown.secret.clone(),
+        })
 }
 
-async fn list_tenants(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+/// A change as the audit record's detail tells it.
+fn shown<T: Serialize>(view: &T) -> String {
+    serde_json::to_string(view).unwrap_or_default()
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/admin/tenants",
+    tag = "admin",
+    responses((status = 200, description = "every tenant", body = List<TenantView>)),
+    security(("bearer" = ["admin"])),
+)]
+pub async fn list_tenants(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+) -> Result<HttpResponse, ApiError> {
     admin(&req, &gw)?;
-    Ok(list(
+    Ok(HttpResponse::Ok().json(list(
         gw.registry.tenants().iter().map(|t| t.view()).collect(),
-    ))
+    )))
 }
 
-async fn get_tenant(
+#[utoipa::path(
+    get,
+    path = "/v1/admin/tenants/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "the tenant's id")),
+    responses(
+        (status = 200, description = "the tenant", body = TenantView),
+        (status = 404, description = "no such tenant", body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["admin"])),
+)]
+pub async fn get_tenant(
     req: HttpRequest,
     id: web::Path<String>,
     gw: web::Data<Gateway>,
@@ -142,7 +174,18 @@ async fn get_tenant(
     Ok(HttpResponse::Ok().json(t.view()))
 }
 
-async fn create_tenant(
+#[utoipa::path(
+    post,
+    path = "/v1/admin/tenants",
+    tag = "admin",
+    request_body = NewTenant,
+    responses(
+        (status = 201, description = "created", body = TenantView),
+        (status = 409, description = "a tenant with this id exists", body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["admin"])),
+)]
+pub async fn create_tenant(
     req: HttpRequest,
     raw: Bytes,
     gw: web::Data<Gateway>,
@@ -165,7 +208,19 @@ async fn create_tenant(
     Ok(HttpResponse::Created().json(t.view()))
 }
 
-async fn patch_tenant(
+#[utoipa::path(
+    patch,
+    path = "/v1/admin/tenants/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "the tenant's id")),
+    request_body = TenantPatch,
+    responses(
+        (status = 200, description = "changed", body = TenantView),
+        (status = 404, description = "no such tenant", body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["admin"])),
+)]
+pub async fn patch_tenant(
     req: HttpRequest,
     id: web::Path<String>,
     raw: Bytes,
@@ -180,12 +235,24 @@ async fn patch_tenant(
         &gw,
         &caller,
         &t.id,
-        format!("tenant {} changed: {}", t.id, t.view()),
+        format!("tenant {} changed: {}", t.id, shown(&t.view())),
     );
     Ok(HttpResponse::Ok().json(t.view()))
 }
 
-async fn delete_tenant(
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/tenants/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "the tenant's id")),
+    responses(
+        (status = 200, description = "deleted", body = Deleted),
+        (status = 404, description = "no such tenant", body = ErrorEnvelope),
+        (status = 409, description = "the tenant still has clients", body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["admin"])),
+)]
+pub async fn delete_tenant(
     req: HttpRequest,
     id: web::Path<String>,
     gw: web::Data<Gateway>,
@@ -200,24 +267,37 @@ async fn delete_tenant(
         &t.id,
         format!("tenant {} deleted", t.id),
     );
-    Ok(HttpResponse::Ok()
-        .json(serde_json::json!({"object": "tenant", "id": t.id, "deleted": true})))
+    Ok(HttpResponse::Ok().json(Deleted {
+        object: "tenant",
+        id: t.id,
+        deleted: true,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ClientFilter {
+#[into_params(parameter_in = Query)]
+pub struct ClientFilter {
+    /// Only the clients of this tenant.
     tenant: Option<String>,
 }
 
-async fn list_clients(
+#[utoipa::path(
+    get,
+    path = "/v1/admin/clients",
+    tag = "admin",
+    params(ClientFilter),
+    responses((status = 200, description = "the clients", body = List<ClientView>)),
+    security(("bearer" = ["admin"])),
+)]
+pub async fn list_clients(
     req: HttpRequest,
     q: web::Query<ClientFilter>,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, ApiError> {
     admin(&req, &gw)?;
     let clients = gw.registry.clients(q.tenant.as_deref());
-    Ok(list(clients.iter().map(|c| c.view()).collect()))
+    Ok(HttpResponse::Ok().json(list(clients.iter().map(|c| c.view()).collect())))
 }
 
 fn find_client(gw: &Gateway, id: &str) -> Result<ClientRecord, ApiError> {
@@ -229,7 +309,18 @@ fn find_client(gw: &Gateway, id: &str) -> Result<ClientRecord, ApiError> {
         .ok_or_else(|| ApiError::ResourceNotFound(format!("no client `{id}`")))
 }
 
-async fn get_client(
+#[utoipa::path(
+    get,
+    path = "/v1/admin/clients/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "the client's id")),
+    responses(
+        (status = 200, description = "the client", body = ClientView),
+        (status = 404, description = "no such client", body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["admin"])),
+)]
+pub async fn get_client(
     req: HttpRequest,
     id: web::Path<String>,
     gw: web::Data<Gateway>,
@@ -238,7 +329,18 @@ async fn get_client(
     Ok(HttpResponse::Ok().json(find_client(&gw, &id)?.view()))
 }
 
-async fn create_client(
+#[utoipa::path(
+    post,
+    path = "/v1/admin/clients",
+    tag = "admin",
+    request_body = NewClient,
+    responses(
+        (status = 201, description = "created; the secret is shown this once", body = ClientWithSecret),
+        (status = 409, description = "a client with this id exists, or its tenant does not", body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["admin"])),
+)]
+pub async fn create_client(
     req: HttpRequest,
     raw: Bytes,
     gw: web::Data<Gateway>,
@@ -257,7 +359,19 @@ async fn create_client(
     Ok(with_secret(StatusCode::CREATED, &shown))
 }
 
-async fn patch_client(
+#[utoipa::path(
+    patch,
+    path = "/v1/admin/clients/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "the client's id")),
+    request_body = ClientPatch,
+    responses(
+        (status = 200, description = "changed; `disabled: true` kills its live tokens", body = ClientView),
+        (status = 404, description = "no such client", body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["admin"])),
+)]
+pub async fn patch_client(
     req: HttpRequest,
     id: web::Path<String>,
     raw: Bytes,
@@ -267,7 +381,7 @@ async fn patch_client(
     path_id(&id, "client")?;
     let patch: ClientPatch = body(&raw)?;
     let (before, after) = manage::patch_client(&gw.registry, &id, patch).await?;
-    let mut detail = format!("client {} changed: {}", after.id, after.view());
+    let mut detail = format!("client {} changed: {}", after.id, shown(&after.view()));
     if after.disabled && !before.disabled {
         detail.push_str("; disabled, its live tokens are refused");
     }
@@ -275,7 +389,18 @@ async fn patch_client(
     Ok(HttpResponse::Ok().json(after.view()))
 }
 
-async fn delete_client(
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/clients/{id}",
+    tag = "admin",
+    params(("id" = String, Path, description = "the client's id")),
+    responses(
+        (status = 200, description = "deleted; its live tokens are refused", body = Deleted),
+        (status = 404, description = "no such client", body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["admin"])),
+)]
+pub async fn delete_client(
     req: HttpRequest,
     id: web::Path<String>,
     gw: web::Data<Gateway>,
@@ -290,11 +415,25 @@ async fn delete_client(
         &c.tenant,
         format!("client {} deleted", c.id),
     );
-    Ok(HttpResponse::Ok()
-        .json(serde_json::json!({"object": "client", "id": c.id, "deleted": true})))
+    Ok(HttpResponse::Ok().json(Deleted {
+        object: "client",
+        id: c.id,
+        deleted: true,
+    }))
 }
 
-async fn rotate_secret(
+#[utoipa::path(
+    post,
+    path = "/v1/admin/clients/{id}/rotate-secret",
+    tag = "admin",
+    params(("id" = String, Path, description = "the client's id")),
+    responses(
+        (status = 200, description = "a new secret, shown this once; the old one and its tokens stop working", body = ClientWithSecret),
+        (status = 404, description = "no such client", body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["admin"])),
+)]
+pub async fn rotate_secret(
     req: HttpRequest,
     id: web::Path<String>,
     gw: web::Data<Gateway>,

@@ -16,6 +16,7 @@ use crate::audit::{AuditQuery, RawQuery};
 use crate::auth::{Caller, authenticate};
 use crate::error::ApiError;
 use crate::telemetry::Observe;
+use tollgate_shared::openai::ErrorEnvelope;
 
 /// Stages `authenticate` and `authorize` for the admin views of telemetry.
 pub fn admin(req: &HttpRequest, gw: &Gateway) -> Result<Caller, ApiError> {
@@ -25,6 +26,31 @@ pub fn admin(req: &HttpRequest, gw: &Gateway) -> Result<Caller, ApiError> {
     Ok(caller)
 }
 
+/// A page of audit records (the contract's §7 fields), newest first.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes `Page::to_json`, which writes the stored lines as they are.
+pub struct AuditPage {
+    /// `list`
+    object: String,
+    #[schema(value_type = Vec<Object>)]
+    data: Vec<()>,
+    /// Where the next page starts; `null` at the end.
+    next_cursor: Option<String>,
+    /// `redis` (every replica's records) or `memory` (this process's latest).
+    source: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/admin/audit",
+    tag = "admin",
+    params(RawQuery),
+    responses(
+        (status = 200, description = "a page of records", body = AuditPage),
+        (status = 400, description = "a malformed filter, or a cursor this API did not hand out", body = ErrorEnvelope),
+    ),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn audit(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     admin(&req, &gw)?;
     // Read after authentication: an anonymous caller learns nothing, not even what is malformed.

@@ -9,6 +9,7 @@ use actix_web::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, X_CONTENT_
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 use tollgate_shared::config::Priority;
+use utoipa::ToSchema;
 
 use super::audit_api::admin;
 use crate::app::Gateway;
@@ -33,25 +34,47 @@ fn asset(content_type: &str, body: &'static str) -> HttpResponse {
         .body(body)
 }
 
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "operations",
+    responses((status = 200, description = "the live dashboard (its data needs an `admin` token)",
+        content((String = "text/html; charset=utf-8")))),
+)]
 pub async fn page() -> HttpResponse {
     asset("text/html; charset=utf-8", PAGE)
 }
 
+#[utoipa::path(
+    get,
+    path = "/dashboard/app.js",
+    tag = "operations",
+    responses((status = 200, description = "the dashboard's script",
+        content((String = "text/javascript; charset=utf-8")))),
+)]
 pub async fn script() -> HttpResponse {
     asset("text/javascript; charset=utf-8", SCRIPT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/dashboard/app.css",
+    tag = "operations",
+    responses((status = 200, description = "the dashboard's styles",
+        content((String = "text/css; charset=utf-8")))),
+)]
 pub async fn style() -> HttpResponse {
     asset("text/css; charset=utf-8", STYLE)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Queue {
+    #[schema(value_type = String)]
     priority: &'static str,
     depth: usize,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Shard {
     shard: u32,
     healthy: bool,
@@ -62,7 +85,7 @@ struct Shard {
     kv_cache_usage: f64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Worker {
     worker: String,
     url: String,
@@ -97,18 +120,21 @@ impl From<WorkerView> for Worker {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Losses {
     audit_dropped: u64,
+    #[schema(value_type = String)]
     audit_source: &'static str,
     spans_exported: u64,
     spans_dropped: u64,
 }
 
-#[derive(Serialize)]
-struct Snapshot {
+/// The dashboard's figures over the last `window_secs` of this replica's traffic.
+#[derive(Serialize, ToSchema)]
+pub struct Snapshot {
     generated_at: String,
     window_secs: u64,
+    #[schema(value_type = Vec<Object>)]
     tenants: Vec<TenantStats>,
     queues: Vec<Queue>,
     workers: Vec<Worker>,
@@ -116,6 +142,13 @@ struct Snapshot {
 }
 
 /// `GET /v1/admin/stats`.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/stats",
+    tag = "admin",
+    responses((status = 200, description = "the dashboard's figures", body = Snapshot)),
+    security(("bearer" = ["admin"])),
+)]
 pub async fn stats(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     admin(&req, &gw)?;
     let now = now_ms();

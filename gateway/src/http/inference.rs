@@ -5,6 +5,10 @@ use std::time::Instant;
 
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use tollgate_shared::config::{Priority, Scope};
+use tollgate_shared::openai::{
+    ChatCompletion, ChatCompletionRequest, Completion, CompletionRequest, ErrorEnvelope,
+    GenerateRequest, Model, ModelList, Usage,
+};
 use tracing::{Instrument, info_span};
 
 use super::request_id_of;
@@ -68,6 +72,23 @@ async fn plan_of<T: serde::de::DeserializeOwned>(
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "inference",
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "the completion; with `stream: true` an SSE stream of chunks ending in `data: [DONE]`",
+            content((ChatCompletion = "application/json"), (StreamEvent = "text/event-stream"))),
+        (status = 404, description = "the model is not the served one", body = ErrorEnvelope),
+        (status = 429, description = "a rate limit or quota was hit; `code` names it, `Retry-After` says when to come back", body = ErrorEnvelope),
+        (status = 502, description = "the model server failed", body = ErrorEnvelope),
+        (status = 503, description = "shed by the scheduler or no healthy worker (`overloaded`); see `Retry-After`", body = ErrorEnvelope),
+        (status = 504, description = "the model server did not answer in time", body = ErrorEnvelope),
+    ),
+    params(("x-tollgate-priority" = Option<Priority>, Header, description = "lowers this request's priority below its tenant's (never raises it)")),
+    security(("bearer" = ["infer"])),
+)]
 pub async fn chat_completions(
     req: HttpRequest,
     payload: web::Payload,
@@ -78,6 +99,23 @@ pub async fn chat_completions(
     serve(&req, &gw, caller, plan).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/completions",
+    tag = "inference",
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "the completion; with `stream: true` an SSE stream of chunks ending in `data: [DONE]`",
+            content((Completion = "application/json"), (StreamEvent = "text/event-stream"))),
+        (status = 404, description = "the model is not the served one", body = ErrorEnvelope),
+        (status = 429, description = "a rate limit or quota was hit; `code` names it, `Retry-After` says when to come back", body = ErrorEnvelope),
+        (status = 502, description = "the model server failed", body = ErrorEnvelope),
+        (status = 503, description = "shed by the scheduler or no healthy worker (`overloaded`); see `Retry-After`", body = ErrorEnvelope),
+        (status = 504, description = "the model server did not answer in time", body = ErrorEnvelope),
+    ),
+    params(("x-tollgate-priority" = Option<Priority>, Header, description = "lowers this request's priority below its tenant's (never raises it)")),
+    security(("bearer" = ["infer"])),
+)]
 pub async fn completions(
     req: HttpRequest,
     payload: web::Payload,
@@ -96,7 +134,43 @@ pub async fn completions(
     serve(&req, &gw, caller, plan).await
 }
 
+/// One event of a streamed answer: `data` is a JSON chunk
+/// (`chat.completion.chunk` or `text_completion`), and the last one is
+/// `[DONE]`. A stream that breaks ends with an error event instead.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes the SSE frames the relay writes.
+pub struct StreamEvent {
+    event: Option<String>,
+    data: String,
+}
+
+/// The answer of `/v1/generate`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Generated {
+    /// The request id.
+    pub id: String,
+    /// The assistant's reply.
+    pub result: String,
+    pub usage: Usage,
+}
+
 /// `/v1/generate`: `{prompt, max_tokens?}` → `{result, usage}`.
+#[utoipa::path(
+    post,
+    path = "/v1/generate",
+    tag = "inference",
+    request_body = GenerateRequest,
+    responses(
+        (status = 200, description = "the reply", body = Generated),
+        (status = 404, description = "the model is not the served one", body = ErrorEnvelope),
+        (status = 429, description = "a rate limit or quota was hit; `code` names it, `Retry-After` says when to come back", body = ErrorEnvelope),
+        (status = 502, description = "the model server failed", body = ErrorEnvelope),
+        (status = 503, description = "shed by the scheduler or no healthy worker (`overloaded`); see `Retry-After`", body = ErrorEnvelope),
+        (status = 504, description = "the model server did not answer in time", body = ErrorEnvelope),
+    ),
+    params(("x-tollgate-priority" = Option<Priority>, Header, description = "lowers this request's priority below its tenant's (never raises it)")),
+    security(("bearer" = ["infer"])),
+)]
 pub async fn generate(
     req: HttpRequest,
     payload: web::Payload,
@@ -160,11 +234,11 @@ pub async fn generate(
     if let Some(timing) = caller.timing_header() {
         ok.insert_header(timing);
     }
-    Ok(ok.json(serde_json::json!({
-        "id": request_id.to_string(),
-        "result": result,
-        "usage": outcome.usage.unwrap_or_default(),
-    })))
+    Ok(ok.json(Generated {
+        id: request_id.to_string(),
+        result,
+        usage: outcome.usage.unwrap_or_default(),
+    }))
 }
 
 /// Stages `enqueue`, `dispatch` and `relay`, common to chat and completions.
@@ -350,16 +424,27 @@ fn log_outcome(caller: &Caller, route: &str, started: Instant, outcome: &Outcome
 }
 
 /// `GET /v1/models`: the served model, with `max_model_len` as the fleet reports it.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "inference",
+    responses(
+        (status = 200, description = "the served model", body = ModelList),
+        (status = 400, description = "a malformed `x-tollgate-priority`", body = ErrorEnvelope),
+    ),
+    params(("x-tollgate-priority" = Option<Priority>, Header, description = "checked as on every inference route")),
+    security(("bearer" = ["infer"])),
+)]
 pub async fn models(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     caller(&req, &gw)?;
-    let mut model = serde_json::json!({
-        "id": gw.config.gateway.model,
-        "object": "model",
-        "created": 0,
-        "owned_by": "tollgate",
-    });
-    if let Some(len) = gw.pool.max_model_len() {
-        model["max_model_len"] = len.into();
-    }
-    Ok(HttpResponse::Ok().json(serde_json::json!({"object": "list", "data": [model]})))
+    Ok(HttpResponse::Ok().json(ModelList {
+        object: "list".into(),
+        data: vec![Model {
+            id: gw.config.gateway.model.clone(),
+            object: "model".into(),
+            created: 0,
+            owned_by: "tollgate".into(),
+            max_model_len: gw.pool.max_model_len(),
+        }],
+    }))
 }

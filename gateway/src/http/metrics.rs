@@ -7,6 +7,13 @@ use actix_web::{HttpResponse, web};
 use crate::app::Gateway;
 use crate::telemetry::metrics;
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format",
+        content((String = "text/plain; version=0.0.4; charset=utf-8")))),
+)]
 pub async fn metrics(gw: web::Data<Gateway>) -> HttpResponse {
     if let Some(stats) = gw.scheduler.stats().await {
         let depths = stats.by_class;

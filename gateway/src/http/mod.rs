@@ -10,6 +10,7 @@
 //! - `metrics`: `/metrics` (Prometheus)
 //! - `audit_api`: `/v1/admin/audit`, `/v1/logs`
 //! - `dashboard`: `/dashboard` and its assets, `/v1/admin/stats`
+//! - `openapi`: `/openapi.json`, the OpenAPI 3.1 description of all of these
 
 mod admin;
 mod audit_api;
@@ -20,88 +21,172 @@ mod inference;
 mod jwks;
 mod metrics;
 mod oauth;
+pub mod openapi;
 mod usage;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::Method;
+use actix_web::http::header::{ALLOW, HeaderName, HeaderValue};
 use actix_web::middleware::{Next, from_fn};
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, Route, web};
 use tollgate_shared::ids::RequestId;
 use tollgate_shared::worker_api::{REQUEST_ID_HEADER, TRACEPARENT_HEADER};
 
 use crate::app::Gateway;
 use crate::error::ApiError;
 
+/// One route: a method on a path, and the handler that serves it.
+pub struct Served {
+    pub method: Method,
+    pub path: &'static str,
+    handler: fn() -> Route,
+}
+
+const fn served(method: Method, path: &'static str, handler: fn() -> Route) -> Served {
+    Served {
+        method,
+        path,
+        handler,
+    }
+}
+
+/// Every route the gateway serves. [`configure`] registers exactly these,
+/// and the OpenAPI document (`openapi`) must describe each one: a test
+/// compares the two, so a route cannot be added without its description.
+pub const ROUTES: &[Served] = &[
+    served(Method::POST, "/oauth/token", || {
+        web::post().to(oauth::token)
+    }),
+    served(Method::POST, "/token", || web::post().to(oauth::token)),
+    served(Method::POST, "/oauth/revoke", || {
+        web::post().to(oauth::revoke)
+    }),
+    served(Method::GET, "/.well-known/jwks.json", || {
+        web::get().to(jwks::jwks)
+    }),
+    served(Method::GET, "/v1/admin/tenants", || {
+        web::get().to(admin::list_tenants)
+    }),
+    served(Method::POST, "/v1/admin/tenants", || {
+        web::post().to(admin::create_tenant)
+    }),
+    served(Method::GET, "/v1/admin/tenants/{id}", || {
+        web::get().to(admin::get_tenant)
+    }),
+    served(Method::PATCH, "/v1/admin/tenants/{id}", || {
+        web::patch().to(admin::patch_tenant)
+    }),
+    served(Method::DELETE, "/v1/admin/tenants/{id}", || {
+        web::delete().to(admin::delete_tenant)
+    }),
+    served(Method::GET, "/v1/admin/clients", || {
+        web::get().to(admin::list_clients)
+    }),
+    served(Method::POST, "/v1/admin/clients", || {
+        web::post().to(admin::create_client)
+    }),
+    served(Method::GET, "/v1/admin/clients/{id}", || {
+        web::get().to(admin::get_client)
+    }),
+    served(Method::PATCH, "/v1/admin/clients/{id}", || {
+        web::patch().to(admin::patch_client)
+    }),
+    served(Method::DELETE, "/v1/admin/clients/{id}", || {
+        web::delete().to(admin::delete_client)
+    }),
+    served(Method::POST, "/v1/admin/clients/{id}/rotate-secret", || {
+        web::post().to(admin::rotate_secret)
+    }),
+    served(Method::GET, "/v1/models", || {
+        web::get().to(inference::models)
+    }),
+    served(Method::POST, "/v1/chat/completions", || {
+        web::post().to(inference::chat_completions)
+    }),
+    served(Method::POST, "/v1/completions", || {
+        web::post().to(inference::completions)
+    }),
+    served(Method::POST, "/v1/generate", || {
+        web::post().to(inference::generate)
+    }),
+    served(Method::GET, "/v1/usage", || web::get().to(usage::own)),
+    served(Method::GET, "/v1/admin/usage", || {
+        web::get().to(usage::admin)
+    }),
+    served(Method::GET, "/v1/admin/queues", || {
+        web::get().to(fleet::queues)
+    }),
+    served(Method::GET, "/v1/admin/workers", || {
+        web::get().to(fleet::workers)
+    }),
+    served(Method::GET, "/healthz", || web::get().to(health::healthz)),
+    served(Method::GET, "/readyz", || web::get().to(health::readyz)),
+    served(Method::GET, "/metrics", || web::get().to(metrics::metrics)),
+    served(Method::GET, "/v1/admin/audit", || {
+        web::get().to(audit_api::audit)
+    }),
+    served(Method::GET, "/v1/logs", || web::get().to(audit_api::audit)),
+    served(Method::GET, "/v1/admin/stats", || {
+        web::get().to(dashboard::stats)
+    }),
+    served(Method::GET, "/dashboard", || web::get().to(dashboard::page)),
+    served(Method::GET, "/dashboard/app.js", || {
+        web::get().to(dashboard::script)
+    }),
+    served(Method::GET, "/dashboard/app.css", || {
+        web::get().to(dashboard::style)
+    }),
+    served(Method::GET, "/openapi.json", || {
+        web::get().to(openapi::document)
+    }),
+];
+
+/// Paths served by the same handler as another: (alias, path).
+pub const ALIASES: &[(&str, &str)] = &[("/token", "/oauth/token"), ("/v1/logs", "/v1/admin/audit")];
+
 pub fn configure(cfg: &mut web::ServiceConfig, gateway: web::Data<Gateway>) {
     // Bad query strings get the same OpenAI-shaped 400 as bad bodies.
     let query = web::QueryConfig::default()
         .error_handler(|e, _| ApiError::invalid(format!("invalid query string: {e}")).into());
-    cfg.app_data(gateway).app_data(query).service(
-        web::scope("")
-            .wrap(from_fn(request_id))
-            .service(post_only("/oauth/token", web::post().to(oauth::token)))
-            .service(post_only("/token", web::post().to(oauth::token)))
-            .service(post_only("/oauth/revoke", web::post().to(oauth::revoke)))
-            .service(get_only(
-                "/.well-known/jwks.json",
-                web::get().to(jwks::jwks),
-            ))
-            .configure(admin::routes)
-            .service(get_only("/v1/models", web::get().to(inference::models)))
-            .service(post_only(
-                "/v1/chat/completions",
-                web::post().to(inference::chat_completions),
-            ))
-            .service(post_only(
-                "/v1/completions",
-                web::post().to(inference::completions),
-            ))
-            .service(post_only(
-                "/v1/generate",
-                web::post().to(inference::generate),
-            ))
-            .service(get_only("/v1/usage", web::get().to(usage::own)))
-            .service(get_only("/v1/admin/usage", web::get().to(usage::admin)))
-            .service(get_only("/v1/admin/queues", web::get().to(fleet::queues)))
-            .service(get_only("/v1/admin/workers", web::get().to(fleet::workers)))
-            .service(get_only("/healthz", web::get().to(health::healthz)))
-            .service(get_only("/readyz", web::get().to(health::readyz)))
-            .service(get_only("/metrics", web::get().to(metrics::metrics)))
-            .service(get_only("/v1/admin/audit", web::get().to(audit_api::audit)))
-            .service(get_only("/v1/logs", web::get().to(audit_api::audit)))
-            .service(get_only("/v1/admin/stats", web::get().to(dashboard::stats)))
-            .service(get_only("/dashboard", web::get().to(dashboard::page)))
-            .service(get_only(
-                "/dashboard/app.js",
-                web::get().to(dashboard::script),
-            ))
-            .service(get_only(
-                "/dashboard/app.css",
-                web::get().to(dashboard::style),
-            ))
-            .default_service(web::to(not_found)),
-    );
-}
-
-fn post_only(path: &str, route: actix_web::Route) -> actix_web::Resource {
-    web::resource(path)
-        .route(route)
-        .default_service(web::to(method_not_allowed))
-}
-
-fn get_only(path: &str, route: actix_web::Route) -> actix_web::Resource {
-    post_only(path, route)
+    let mut scope = web::scope("").wrap(from_fn(request_id));
+    // One resource per path, in the order of first appearance.
+    let mut paths: Vec<&'static str> = Vec::new();
+    for r in ROUTES {
+        if !paths.contains(&r.path) {
+            paths.push(r.path);
+        }
+    }
+    for path in paths {
+        let here = ROUTES.iter().filter(|r| r.path == path);
+        let allow = here
+            .clone()
+            .map(|r| r.method.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut resource = web::resource(path);
+        for r in here {
+            resource = resource.route((r.handler)());
+        }
+        scope = scope
+            .service(resource.default_service(web::to(move || method_not_allowed(allow.clone()))));
+    }
+    cfg.app_data(gateway)
+        .app_data(query)
+        .service(scope.default_service(web::to(not_found)));
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }
 
-async fn method_not_allowed() -> HttpResponse {
-    HttpResponse::MethodNotAllowed().json(serde_json::json!({
-        "error": {"message": "method not allowed on this route", "type": "invalid_request_error", "param": null, "code": "method_not_allowed"}
-    }))
+/// 405 with the methods the path does serve (RFC 9110 §15.5.6).
+async fn method_not_allowed(allow: String) -> HttpResponse {
+    HttpResponse::MethodNotAllowed()
+        .insert_header((ALLOW, allow))
+        .json(serde_json::json!({
+            "error": {"message": "method not allowed on this route", "type": "invalid_request_error", "param": null, "code": "method_not_allowed"}
+        }))
 }
 
 /// Gives every request an id (the W3C trace id: the one `telemetry`'s

@@ -19,8 +19,54 @@ use super::request_id_of;
 use crate::app::Gateway;
 use crate::audit::AuditRecord;
 use crate::auth::{Client, authenticate, failed};
-use crate::error::{ApiError, OAuthCode};
+use crate::error::{ApiError, OAuthCode, OAuthErrorBody};
 use crate::telemetry::Observe;
+
+/// An issued access token (RFC 6749 §5.1).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TokenResponse {
+    /// A JWT, to send as `Authorization: Bearer …`.
+    pub access_token: String,
+    /// `Bearer`
+    #[schema(value_type = String)]
+    pub token_type: &'static str,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+    /// The granted scopes, space-separated.
+    pub scope: String,
+}
+
+/// The grant of the token endpoint: only the client credentials grant.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Describes the form, which is read field by field (see `form`).
+pub enum GrantType {
+    ClientCredentials,
+}
+
+/// The token request's form (RFC 6749 §4.4.2). The client authenticates
+/// with HTTP Basic or with `client_id` and `client_secret` here, not both.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes the form, which is read field by field (see `form`).
+pub struct TokenForm {
+    grant_type: GrantType,
+    /// Space-separated scopes, a subset of the client's; all of them when absent.
+    scope: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+/// The revocation request's form (RFC 7009 §2.1). The revoker is the
+/// token's own client (Basic, these form fields, or a bearer token of its
+/// own) or an `admin`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes the form, which is read field by field (see `form`).
+pub struct RevokeForm {
+    token: String,
+    token_type_hint: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
 
 /// Form bodies larger than this are not token requests.
 const MAX_FORM_BYTES: usize = 8 * 1024;
@@ -287,6 +333,20 @@ fn granted(client: &Client, requested: Option<&str>) -> Result<Vec<Scope>, ApiEr
     Ok(out)
 }
 
+#[utoipa::path(
+    post,
+    path = "/oauth/token",
+    tag = "auth",
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "a token; `Cache-Control: no-store`", body = TokenResponse),
+        (status = 400, description = "a malformed request, another grant, or a scope not granted", body = OAuthErrorBody),
+        (status = 401, description = "client authentication failed", body = OAuthErrorBody),
+        (status = 429, description = "too many failed attempts (`slow_down`); see `Retry-After`", body = OAuthErrorBody),
+        (status = 503, description = "client authentication is unavailable for now (`temporarily_unavailable`)", body = OAuthErrorBody),
+    ),
+    security((), ("client_basic" = [])),
+)]
 pub async fn token(
     req: HttpRequest,
     body: Bytes,
@@ -343,18 +403,32 @@ pub async fn token(
     Ok(HttpResponse::Ok()
         .insert_header((CACHE_CONTROL, "no-store"))
         .insert_header((PRAGMA, "no-cache"))
-        .json(serde_json::json!({
-            "access_token": access_token,
-            "token_type": "Bearer",
-            "expires_in": gw.tokens.ttl().as_secs(),
-            "scope": scope,
-        })))
+        .json(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: gw.tokens.ttl().as_secs(),
+            scope,
+        }))
 }
 
 /// `POST /oauth/revoke` (RFC 7009). The revoker is the token's owner, by its
 /// client credentials or a bearer token of its own, or an `admin` bearer.
 /// A token that is not valid anyway (expired, forged, unreadable) is answered
 /// 200, as §2.2 asks: there is nothing to revoke.
+#[utoipa::path(
+    post,
+    path = "/oauth/revoke",
+    tag = "auth",
+    request_body(content = RevokeForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "revoked, or not a valid token anyway (RFC 7009 §2.2)"),
+        (status = 400, description = "a malformed request, or another client's token", body = OAuthErrorBody),
+        (status = 401, description = "client authentication failed", body = OAuthErrorBody),
+        (status = 429, description = "too many failed attempts (`slow_down`)", body = OAuthErrorBody),
+        (status = 503, description = "revocation is unavailable for now", body = OAuthErrorBody),
+    ),
+    security((), ("client_basic" = []), ("bearer" = [])),
+)]
 pub async fn revoke(
     req: HttpRequest,
     body: Bytes,

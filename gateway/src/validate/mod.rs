@@ -29,7 +29,17 @@ use crate::guard::Guard;
 use crate::tokenizer::TokenCounter;
 pub use context::min_tokens;
 pub use json::{MAX_DEPTH, ShapeError};
-pub use params::{MAX_N, MAX_OUTPUT_TOKENS};
+pub use params::{
+    MAX_EXTRA_ITEMS, MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_N, MAX_NAME_CHARS, MAX_OUTPUT_TOKENS,
+    MAX_STOP, MAX_STOP_CHARS, MAX_TOP_LOGPROBS, MAX_USER_CHARS, TOKEN_ID_PATTERN,
+};
+
+/// Most prompts in one `/v1/completions` request.
+pub const MAX_PROMPTS: usize = 64;
+/// The whitespace a `/v1/generate` prompt may not consist of alone: Unicode's
+/// White_Space, which `char::is_whitespace` tests. [`NOT_BLANK_PATTERN`]
+/// matches a string with any other character.
+pub const NOT_BLANK_PATTERN: &str = "[^\\t\\n\\u000B\\f\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]";
 
 /// What the gateway will send upstream for one request.
 #[derive(Debug, Clone)]
@@ -96,8 +106,21 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             _ => ApiError::invalid(message),
         }
     })?;
+    if !is_object(body) {
+        return Err(ApiError::invalid(
+            "invalid request body: expected a JSON object",
+        ));
+    }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
+}
+
+/// Whether a (well-formed) JSON document is an object. serde reads a struct
+/// from an array too, field by field in order; a request body is an object.
+pub fn is_object(body: &[u8]) -> bool {
+    body.iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|b| *b == b'{')
 }
 
 /// A conservative (high) token estimate for text when no tokenizer is loaded,
@@ -266,10 +289,10 @@ pub fn chat(mut req: ChatCompletionRequest, rules: &Rules<'_>) -> Result<Plan, A
 pub fn completion(mut req: CompletionRequest, rules: &Rules<'_>) -> Result<Plan, ApiError> {
     check_model(&req.model, rules.served_model)?;
     let texts = req.prompt.texts();
-    if texts.is_empty() || texts.len() > 64 {
+    if texts.is_empty() || texts.len() > MAX_PROMPTS {
         return Err(ApiError::invalid_param(
             "prompt",
-            "prompt must be a string or a list of 1 to 64 strings",
+            format!("prompt must be a string or a list of 1 to {MAX_PROMPTS} strings"),
         ));
     }
     if texts.iter().any(|t| t.is_empty()) {
@@ -322,7 +345,7 @@ pub fn completion(mut req: CompletionRequest, rules: &Rules<'_>) -> Result<Plan,
 
 /// `/v1/generate` is a one-message chat completion (so every chat rule applies).
 pub fn generate(g: GenerateRequest, rules: &Rules<'_>) -> Result<Plan, ApiError> {
-    if g.prompt.trim().is_empty() {
+    if g.prompt.chars().all(char::is_whitespace) {
         return Err(ApiError::invalid_param(
             "prompt",
             "prompt must not be empty",

@@ -26,6 +26,18 @@ pub const MAX_USER_CHARS: usize = 256;
 pub const MAX_NAME_CHARS: usize = 64;
 /// Most entries in list-valued vLLM extras (`stop_token_ids`, `bad_words`, `guided_choice`).
 pub const MAX_EXTRA_ITEMS: usize = 256;
+/// A `logit_bias` key: a token id in decimal, without sign or leading zeros,
+/// of at most 9 digits (vocabularies are far smaller). [`is_token_id`] is
+/// the same rule; the OpenAPI document publishes this form.
+pub const TOKEN_ID_PATTERN: &str = "^(0|[1-9][0-9]{0,8})$";
+
+pub fn is_token_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 9
+        && b.iter().all(u8::is_ascii_digit)
+        && (b[0] != b'0' || b.len() == 1)
+}
 
 /// The parameters chat and completions share, borrowed from either.
 pub struct Common<'a> {
@@ -188,7 +200,7 @@ fn check_logit_bias(bias: Option<&BTreeMap<String, f32>>) -> Result<(), ApiError
         ));
     }
     for (token, v) in bias {
-        if token.parse::<u32>().is_err() || !(-100.0..=100.0).contains(v) {
+        if !is_token_id(token) || !(-100.0..=100.0).contains(v) {
             return Err(ApiError::invalid_param(
                 "logit_bias",
                 "logit_bias maps token ids (integers as strings) to numbers between -100 and 100",

@@ -331,3 +331,67 @@ fn the_operators_prompt_is_not_screened_and_reaches_vllm() {
     );
     assert_eq!(b["messages"][1]["role"], "user");
 }
+
+#[test]
+fn bodies_are_objects_not_arrays_of_fields() {
+    // serde reads a struct from an array, field by field in order.
+    for bad in [r#"[null,[{"role":"user","content":"x"}]]"#, " \n[]", "17"] {
+        assert!(
+            matches!(
+                parse_json::<ChatCompletionRequest>(bad.as_bytes()),
+                Err(ApiError::InvalidRequest { .. })
+            ),
+            "{bad}"
+        );
+    }
+    assert!(is_object(b" \r\n\t{}"));
+}
+
+#[test]
+fn token_ids_of_logit_bias_are_plain_decimals() {
+    for ok in ["0", "7", "151643", "999999999"] {
+        assert!(params::is_token_id(ok), "{ok}");
+    }
+    for bad in ["", "+5", "-1", "007", "1000000000", "1e3", " 5", "٣"] {
+        assert!(!params::is_token_id(bad), "{bad}");
+    }
+    let re = regex::Regex::new(TOKEN_ID_PATTERN).unwrap();
+    for s in [
+        "0",
+        "7",
+        "151643",
+        "999999999",
+        "",
+        "+5",
+        "007",
+        "1000000000",
+        "1e3",
+    ] {
+        assert_eq!(re.is_match(s), params::is_token_id(s), "{s}");
+    }
+}
+
+#[test]
+fn the_published_blank_rule_is_the_one_generate_applies() {
+    let re = regex::Regex::new(NOT_BLANK_PATTERN).unwrap();
+    for c in (0..=0x3100).filter_map(char::from_u32) {
+        assert_eq!(
+            re.is_match(&c.to_string()),
+            !c.is_whitespace(),
+            "U+{:04X}",
+            c as u32
+        );
+    }
+    let g = plain();
+    for blank in [" ", "\u{3000}\n", "\u{85}"] {
+        let r = generate(
+            GenerateRequest {
+                prompt: blank.into(),
+                max_tokens: None,
+                temperature: None,
+            },
+            &rules(&g),
+        );
+        assert_eq!(param_of(r).0, "prompt", "{blank:?}");
+    }
+}

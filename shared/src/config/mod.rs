@@ -6,7 +6,7 @@ mod env;
 pub mod raw;
 mod validate;
 
-pub use validate::{ID_RULE, valid_id};
+pub use validate::{ID_PATTERN, ID_RULE, valid_id};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -148,7 +148,19 @@ pub struct RedisConfig {
     pub on_failure: RedisFailureMode,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     High,
@@ -193,7 +205,7 @@ pub struct TenantConfig {
     pub limits: Limits,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     Infer,

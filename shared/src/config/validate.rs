@@ -460,6 +460,8 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 pub const ID_RULE: &str = "must be 1-64 characters of A-Z a-z 0-9 _ - .";
+/// [`valid_id`] as a regular expression (for the OpenAPI document).
+pub const ID_PATTERN: &str = "^[A-Za-z0-9_.-]{1,64}$";
 
 fn tenants(is: &mut Issues, raw: Vec<RawTenant>) -> Vec<TenantConfig> {
     let mut seen = HashSet::new();
@@ -805,6 +807,27 @@ fn sim(is: &mut Issues, s: RawSim) -> SimConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_published_id_pattern_is_the_id_rule() {
+        let re = regex::Regex::new(ID_PATTERN).unwrap();
+        let long = "a".repeat(65);
+        for id in [
+            "acme",
+            "a",
+            "A-z_0.9",
+            &long[..64],
+            &long,
+            "",
+            "a b",
+            "a/b",
+            "é",
+            "a\n",
+            "{x}",
+        ] {
+            assert_eq!(re.is_match(id), valid_id(id), "{id:?}");
+        }
+    }
 
     fn raw(toml: &str) -> RawConfig {
         use figment::providers::{Format, Toml};
