@@ -405,12 +405,13 @@ async fn script_calls(c: &mut redis::aio::MultiplexedConnection) -> ScriptCalls 
     }
 }
 
-/// Admission is one script call before the answer, settlement one more after
-/// it; nothing else on the request path runs a script. (On a fresh Redis the
-/// first call of each script also misses the script cache once: NOSCRIPT,
+/// Admission is one script call before the answer, settlement at most one
+/// more after it (it may ride with a later admission of the same gateway);
+/// nothing else on the request path runs a script. (On a fresh Redis the
+/// first call of the script also misses the script cache once: NOSCRIPT,
 /// `SCRIPT LOAD`, the call again.)
 #[tokio::test]
-async fn each_request_costs_one_redis_round_trip_to_admit_and_one_to_settle() {
+async fn each_request_costs_at_most_one_redis_round_trip_to_admit_and_one_to_settle() {
     const N: u64 = 12;
     let redis = RedisServer::start();
     let limits = "rpm = 1000\ntpm = 1000000\nmax_concurrency = 10\ndaily_tokens = 10000000";
@@ -448,10 +449,10 @@ async fn each_request_costs_one_redis_round_trip_to_admit_and_one_to_settle() {
     })
     .await;
     let after = script_calls(&mut c).await;
-    assert_eq!(
-        after.ran - before.ran,
-        2 * N,
-        "one admission and one settlement each"
+    let ran = after.ran - before.ran;
+    assert!(
+        (N..=2 * N).contains(&ran),
+        "{ran} script calls: at most one admission and one settlement each"
     );
     let missed = after.missed - before.missed;
     assert_eq!(

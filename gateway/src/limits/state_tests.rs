@@ -13,17 +13,18 @@ use super::tests::{DAY, backends, subject, usage};
 use super::*;
 use crate::audit::utc_date;
 
+/// A limiter on a Redis of its own (keys under `prefix`), with a handle on
+/// that Redis; the server lives as long as the first value.
+fn on_redis(prefix: &str, mode: RedisFailureMode) -> (RedisServer, Redis, Arc<Limiter>) {
+    let server = RedisServer::start();
+    let redis = Redis::new(&server.config(prefix)).unwrap();
+    let l = Limiter::new(Some(redis.clone()), mode, 1, Duration::from_secs(30), DAY);
+    (server, redis, l)
+}
+
 #[tokio::test]
 async fn every_key_written_has_a_ttl() {
-    let server = RedisServer::start();
-    let redis = Redis::new(&server.config("ttl:")).unwrap();
-    let l = Limiter::new(
-        Some(redis.clone()),
-        RedisFailureMode::Local,
-        1,
-        Duration::from_secs(30),
-        DAY,
-    );
+    let (_server, redis, l) = on_redis("ttl:", RedisFailureMode::Local);
     let tenant = Limits {
         rpm: Some(100),
         tpm: Some(10_000),
@@ -213,15 +214,7 @@ fn ran_inside(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> (u
 #[tokio::test]
 async fn a_request_costs_redis_at_most_eight_commands_to_admit_and_settle() {
     const N: u64 = 50;
-    let server = RedisServer::start();
-    let redis = Redis::new(&server.config("cost:")).unwrap();
-    let l = Limiter::new(
-        Some(redis.clone()),
-        RedisFailureMode::Local,
-        1,
-        Duration::from_secs(30),
-        DAY,
-    );
+    let (_server, redis, l) = on_redis("cost:", RedisFailureMode::Local);
     // Every limit set on both: eight dimensions, the costliest request.
     let all = Limits {
         rpm: Some(100_000),
@@ -255,15 +248,7 @@ async fn a_request_costs_redis_at_most_eight_commands_to_admit_and_settle() {
 /// in order and the totals add up, through admission and settlement.
 #[tokio::test]
 async fn entries_out_of_turn_keep_the_lists_in_order() {
-    let server = RedisServer::start();
-    let redis = Redis::new(&server.config("order:")).unwrap();
-    let l = Limiter::new(
-        Some(redis.clone()),
-        RedisFailureMode::Local,
-        1,
-        Duration::from_secs(30),
-        DAY,
-    );
+    let (_server, redis, l) = on_redis("order:", RedisFailureMode::Local);
     let own = Limits {
         rpm: Some(100),
         tpm: Some(100_000),
@@ -311,15 +296,7 @@ async fn entries_out_of_turn_keep_the_lists_in_order() {
 #[tokio::test]
 async fn concurrent_requests_share_script_calls_and_each_is_decided_alone() {
     const N: usize = 200;
-    let server = RedisServer::start();
-    let redis = Redis::new(&server.config("share:")).unwrap();
-    let l = Limiter::new(
-        Some(redis.clone()),
-        RedisFailureMode::Closed,
-        1,
-        Duration::from_secs(30),
-        DAY,
-    );
+    let (_server, redis, l) = on_redis("share:", RedisFailureMode::Closed);
     let own = Limits {
         rpm: Some(1000),
         tpm: None,
@@ -391,15 +368,7 @@ async fn concurrent_requests_share_script_calls_and_each_is_decided_alone() {
 /// client closed the connection) gives back what it was admitted with.
 #[tokio::test]
 async fn an_admission_nobody_waits_for_any_more_is_given_back() {
-    let server = RedisServer::start();
-    let redis = Redis::new(&server.config("gone:")).unwrap();
-    let l = Limiter::new(
-        Some(redis),
-        RedisFailureMode::Closed,
-        1,
-        Duration::from_secs(30),
-        DAY,
-    );
+    let (_server, _, l) = on_redis("gone:", RedisFailureMode::Closed);
     let own = Limits {
         rpm: None,
         tpm: Some(1000),
@@ -429,15 +398,7 @@ async fn an_admission_nobody_waits_for_any_more_is_given_back() {
 /// call per request. A settlement that no admission follows goes alone.
 #[tokio::test]
 async fn a_settlement_rides_with_the_next_admission_or_goes_alone() {
-    let server = RedisServer::start();
-    let redis = Redis::new(&server.config("ride:")).unwrap();
-    let l = Limiter::new(
-        Some(redis.clone()),
-        RedisFailureMode::Closed,
-        1,
-        Duration::from_secs(30),
-        DAY,
-    );
+    let (_server, redis, l) = on_redis("ride:", RedisFailureMode::Closed);
     let own = Limits {
         rpm: None,
         tpm: None,
