@@ -1,19 +1,19 @@
 //! Calls to Redis for one tenant, coalesced: a tenant's admissions and
-//! settlements queue, and one task per tenant with work takes whatever has
-//! queued, sends it as one script call (`redis::step`), answers each
-//! request, and goes again until its queue is empty. At one request at a
-//! time each call carries one; under load one call carries every request
-//! that arrived during the previous one, so Redis reads and writes the
-//! tenant's state once for all of them and the gateway makes one round trip.
-//! Every request is still decided by Redis, in the order it arrived: the
-//! semantics are those of one call per request.
+//! settlements queue, and up to two tasks per tenant take whatever has
+//! queued, send it as one script call (`redis::step`), answer each request,
+//! and go again until the queue is empty. At one request at a time each
+//! call carries one (and the settlement of the one before); under load one
+//! call carries every request that arrived while the others were out, so
+//! Redis reads and writes the tenant's state once for all of them and the
+//! gateway makes one round trip. Every request is still decided by Redis,
+//! in the order it arrived: the semantics are those of one call per request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use std::time::Duration;
 
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tollgate_shared::openai::Usage;
 use tollgate_shared::store::{Redis, StoreError};
 
@@ -24,21 +24,29 @@ use super::{Limiter, Ticket, redis};
 /// Redis runs nothing else while a script runs.
 const MAX_PER_STEP: usize = 64;
 
+/// Calls in flight per tenant at most. With one, an admission that arrives
+/// just after a call left waits for its answer before its own goes; with
+/// two, it goes at once, and under load each call still carries whatever
+/// queued while the other was out.
+const CALLS_IN_FLIGHT: usize = 2;
+
 pub(super) type Queues = Mutex<HashMap<String, Queue>>;
 
 /// How long settlements alone wait for an admission to ride with: one
 /// request at a time, its settlement goes in the next request's call rather
-/// than in a call of its own that the next admission would queue behind.
+/// than in a call of its own, halving the calls of a client that sends one
+/// request after another.
 const LINGER: Duration = Duration::from_millis(1);
 
 /// What waits for a tenant's next call. A tenant has an entry exactly while
-/// its task runs.
+/// one of its tasks runs or lingers.
 #[derive(Default)]
 pub(super) struct Queue {
     admissions: Vec<Admission>,
     settlements: Vec<Settlement>,
-    /// Told when an admission arrives while the task lingers.
-    admitting: Arc<Notify>,
+    /// Tasks sending this tenant's calls, each with at most one in flight.
+    runners: usize,
+    /// A task waiting for settlements to find an admission to ride with.
     lingering: bool,
 }
 
@@ -104,29 +112,37 @@ impl Limiter {
             Job::Settle(s) => &s.ticket.state_key,
         };
         let mut queues = lock(&self.steps);
-        let start = !queues.contains_key(key.as_str());
+        let q = match queues.get_mut(key.as_str()) {
+            Some(q) => q,
+            None => queues.entry(key.clone()).or_default(),
+        };
         let key = key.clone();
-        let q = queues.entry(key.clone()).or_default();
-        match job {
+        let start = match job {
             Job::Admit(a) => {
                 q.admissions.push(a);
-                if q.lingering {
-                    q.lingering = false;
-                    q.admitting.notify_one();
-                }
+                q.runners < CALLS_IN_FLIGHT
             }
-            Job::Settle(s) => q.settlements.push(s),
+            Job::Settle(s) => {
+                q.settlements.push(s);
+                q.runners == 0 && !q.lingering
+            }
+        };
+        let linger = start && q.admissions.is_empty();
+        if linger {
+            q.lingering = true;
+        } else if start {
+            q.runners += 1;
         }
         drop(queues);
         if start && let Some(redis) = self.redis.clone() {
             let me = self.clone();
-            // Owned by the queue entry: the task ends when its queue is empty,
-            // and removes the entry as it does.
-            tokio::spawn(async move { me.run_steps(redis, key).await });
+            // Counted in the queue entry: the task ends when the queue is
+            // empty, the last one removing the entry.
+            tokio::spawn(async move { me.run_steps(redis, key, linger).await });
         }
     }
 
-    async fn run_steps(self: Arc<Self>, redis: Redis, key: String) {
+    async fn run_steps(self: Arc<Self>, redis: Redis, key: String, linger: bool) {
         // Should the task end early (a panic), its queue goes with it: the
         // waiting requests see their calls lost and fall back as configured.
         let mut abandon = Abandon {
@@ -136,36 +152,43 @@ impl Limiter {
         };
         let ttl_ms = self.lease_ttl.as_millis() as u64;
         let retention = self.book.retention();
-        let mut lingered = false;
+        if linger {
+            // The next admission starts a task of its own, which takes these
+            // settlements along; this one sends what is left, if anything.
+            tokio::time::sleep(LINGER).await;
+            let mut queues = lock(&self.steps);
+            let Some(q) = queues.get_mut(&key) else {
+                abandon.armed = false;
+                return;
+            };
+            q.lingering = false;
+            if q.runners > 0 || (q.admissions.is_empty() && q.settlements.is_empty()) {
+                if q.runners == 0 {
+                    queues.remove(&key);
+                }
+                abandon.armed = false;
+                return;
+            }
+            q.runners += 1;
+        }
         loop {
-            let taken = {
+            let (admissions, settlements) = {
                 let mut queues = lock(&self.steps);
                 let Some(q) = queues.get_mut(&key) else { break };
                 if q.admissions.is_empty() && q.settlements.is_empty() {
-                    queues.remove(&key);
+                    q.runners -= 1;
+                    if q.runners == 0 && !q.lingering {
+                        queues.remove(&key);
+                    }
                     break;
                 }
-                q.lingering = q.admissions.is_empty() && !lingered;
-                if q.lingering {
-                    Err(q.admitting.clone())
-                } else {
-                    let a = q.admissions.len().min(MAX_PER_STEP);
-                    let s = q.settlements.len().min(MAX_PER_STEP);
-                    Ok((
-                        q.admissions.drain(..a).collect::<Vec<_>>(),
-                        q.settlements.drain(..s).collect::<Vec<_>>(),
-                    ))
-                }
+                let a = q.admissions.len().min(MAX_PER_STEP);
+                let s = q.settlements.len().min(MAX_PER_STEP);
+                (
+                    q.admissions.drain(..a).collect::<Vec<_>>(),
+                    q.settlements.drain(..s).collect::<Vec<_>>(),
+                )
             };
-            let (admissions, settlements) = match taken {
-                Ok(t) => t,
-                Err(admitting) => {
-                    let _ = tokio::time::timeout(LINGER, admitting.notified()).await;
-                    lingered = true;
-                    continue;
-                }
-            };
-            lingered = false;
             let settling: Vec<_> = settlements.iter().map(|s| (&s.ticket, &s.usage)).collect();
             let admitting: Vec<_> = admissions
                 .iter()
