@@ -16,20 +16,6 @@ use serde_json::{Value, json};
 use tollgate_gateway::http::ROUTES;
 use tollgate_gateway::http::openapi::operations;
 
-/// The Python with `schemathesis`: `TOLLGATE_TEST_PYTHON`, else the
-/// repository's `.venv` that `./scripts/test` creates.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("TOLLGATE_TEST_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python test environment: run ./scripts/test (it creates .venv with schemathesis)"
-    );
-    venv
-}
-
 #[tokio::test]
 async fn the_openapi_document_is_3_1_and_describes_every_served_route() {
     let dir = temp_dir();

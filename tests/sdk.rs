@@ -9,20 +9,6 @@ use std::process::Command;
 
 use common::*;
 
-/// The Python with the `openai` package: `TOLLGATE_TEST_PYTHON`, else the
-/// repository's `.venv` that the test script creates.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("TOLLGATE_TEST_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python test environment: run ./scripts/test (it creates .venv with the openai package)"
-    );
-    venv
-}
-
 #[tokio::test]
 async fn the_official_openai_python_sdk_works_against_the_gateway() {
     let dir = temp_dir();

@@ -273,24 +273,10 @@ pub fn www_authenticate(h: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-/// The Python of the test venv (PyJWT with `cryptography`): `TOLLGATE_TEST_PYTHON`,
-/// else the repository's `.venv` that `./scripts/test` creates.
-pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("TOLLGATE_TEST_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python test environment: run ./scripts/test (it creates .venv with PyJWT)"
-    );
-    venv
-}
-
 /// Runs `tests/attacks/forge.py ARGS…` and returns its stdout.
 pub fn forge(args: &[&str]) -> String {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/attacks/forge.py");
-    let out = Command::new(python())
+    let out = Command::new(super::python())
         .arg(script)
         .args(args)
         .output()

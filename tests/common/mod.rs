@@ -249,6 +249,21 @@ pub fn http() -> reqwest::Client {
 }
 
 /// A temp dir for one test's processes (config, state, audit files).
+/// The Python of the test venv (openai, PyJWT, schemathesis, ...):
+/// `TOLLGATE_TEST_PYTHON`, else the repository's `.venv` that
+/// `./scripts/test` creates.
+pub fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("TOLLGATE_TEST_PYTHON") {
+        return std::path::PathBuf::from(p);
+    }
+    let venv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python test environment: run ./scripts/test (it creates .venv with the test packages)"
+    );
+    venv
+}
+
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("tollgate-test-")
