@@ -94,6 +94,22 @@ impl Ticket {
             place,
         }
     }
+
+    /// Takes the second and the lease deadline of an admission; true if
+    /// `v` admitted it.
+    fn take(&mut self, v: &Verdict) -> bool {
+        let Verdict::Admitted {
+            second,
+            deadline_ms,
+            ..
+        } = *v
+        else {
+            return false;
+        };
+        self.second = second;
+        self.lease_deadline_ms = deadline_ms;
+        true
+    }
 }
 
 /// The ticket of an admitted request, or why it was refused.
@@ -235,15 +251,7 @@ impl Limiter {
             Err(_) => return Err(Refusal::Unavailable),
         };
         let mut ticket = Ticket::new(key, dims, tokens, s, place);
-        if let Verdict::Admitted {
-            second,
-            deadline_ms,
-            ..
-        } = verdict
-        {
-            ticket.second = second;
-            ticket.lease_deadline_ms = deadline_ms;
-        }
+        ticket.take(&verdict);
         decided(verdict, ticket)
     }
 
@@ -282,18 +290,9 @@ impl Limiter {
             return self.settle_local(ticket, &usage);
         }
         let (done, settled) = tokio::sync::oneshot::channel();
-        // Kept to meter the usage here should the settlement fail.
-        let (kept, used) = (ticket.clone(), usage);
         self.settle_shared(ticket, usage, Some(done));
-        match settled.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.settle_failed(&kept, &used, &e),
-            Err(_) => self.settle_failed(
-                &kept,
-                &used,
-                &StoreError::Unavailable("the limiter's call was lost".into()),
-            ),
-        }
+        // Sent once the settlement is in Redis or, failing that, metered here.
+        let _ = settled.await;
     }
 
     /// A settlement Redis did not take: its reservation stands (the leases

@@ -43,13 +43,20 @@ pub async fn step<'a>(
     let mut call = STEP.prepare_invoke();
     call.key(key);
     // The usage hashes the settlements go to: one per day among them.
+    // Per settlement, which of the usage hashes (j of KEYS[1+j]) it goes to.
     let mut days: Vec<u64> = Vec::with_capacity(1);
+    let mut usage_of: Vec<usize> = Vec::with_capacity(settlements.len());
     for (t, _) in settlements {
         let day = usage::day_of(t.second);
-        if !days.contains(&day) {
-            days.push(day);
-            call.key(UsageBook::key(redis.prefix(), &t.tenant, day));
-        }
+        let j = match days.iter().position(|d| *d == day) {
+            Some(i) => i + 1,
+            None => {
+                days.push(day);
+                call.key(UsageBook::key(redis.prefix(), &t.tenant, day));
+                days.len()
+            }
+        };
+        usage_of.push(j);
     }
     // The limits of each client once; every request names its set.
     let mut sets: Vec<&[Dim]> = Vec::with_capacity(1);
@@ -73,9 +80,7 @@ pub async fn step<'a>(
             call.arg(&d.subject).arg(d.kind.letter()).arg(d.limit);
         }
     }
-    for ((t, u), set) in settlements.iter().zip(settling) {
-        let day = usage::day_of(t.second);
-        let j = days.iter().position(|d| *d == day).map_or(1, |i| i + 1);
+    for (((t, u), set), j) in settlements.iter().zip(settling).zip(usage_of) {
         call.arg(t.lease_deadline_ms)
             .arg(t.second)
             .arg(u.total_tokens as i64 - t.reserved as i64)

@@ -78,10 +78,10 @@ local function find_entry(list, head, after)
   end
 end
 
--- Removes the entry at `a` (found by find_entry) from `list`.
-local function cut(list, a)
-  local _, e = string.find(list, '^[^,]*,?', a)
-  local out = string.sub(list, 1, a - 1) .. string.sub(list, e + 1)
+-- Removes the `len` characters at `a` (whole entries, found by find_entry,
+-- with their commas) from `list`, and a comma left at its end.
+local function cut(list, a, len)
+  local out = string.sub(list, 1, a - 1) .. string.sub(list, a + len)
   if string.sub(out, -1) == ',' then out = string.sub(out, 1, -2) end
   return out
 end
@@ -205,11 +205,7 @@ local function flush(st)
   end
   for d, n in pairs(st.taken) do
     -- Leases of one deadline sit together: cut n of them in one copy.
-    local a = find_entry(st.leases, d, ',')
-    local e = a + n * (#d + 1) - 1
-    local out = string.sub(st.leases, 1, a - 1) .. string.sub(st.leases, e + 1)
-    if string.sub(out, -1) == ',' then out = string.sub(out, 1, -2) end
-    st.leases = out
+    st.leases = cut(st.leases, find_entry(st.leases, d, ','), n * (#d + 1))
   end
   st.fix, st.taken, st.held = {}, {}, {}
 end

@@ -60,8 +60,8 @@ struct Admission {
 struct Settlement {
     ticket: Ticket,
     usage: Usage,
-    /// Who waits for it to be done; without one, a failure is handled here.
-    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    /// Told when it is done: in Redis, or failed and metered here.
+    done: Option<oneshot::Sender<()>>,
 }
 
 enum Job {
@@ -91,13 +91,13 @@ impl Limiter {
         })
     }
 
-    /// Settles `ticket` in Redis; `done` hears how it went. Without `done`, a
-    /// failure is logged and the usage metered locally.
+    /// Settles `ticket` in Redis (if that fails, logs it and meters the
+    /// usage locally); `done` is told when it is over.
     pub(super) fn settle_shared(
         self: &Arc<Self>,
         ticket: Ticket,
         usage: Usage,
-        done: Option<oneshot::Sender<Result<(), StoreError>>>,
+        done: Option<oneshot::Sender<()>>,
     ) {
         self.enqueue(Job::Settle(Settlement {
             ticket,
@@ -116,25 +116,28 @@ impl Limiter {
             Some(q) => q,
             None => queues.entry(key.clone()).or_default(),
         };
-        let key = key.clone();
-        let start = match job {
-            Job::Admit(a) => {
-                q.admissions.push(a);
-                q.runners < CALLS_IN_FLIGHT
-            }
-            Job::Settle(s) => {
-                q.settlements.push(s);
-                q.runners == 0 && !q.lingering
+        // A new task takes admissions while fewer than CALLS_IN_FLIGHT run;
+        // settlements, when nothing runs or lingers, in a lingering one.
+        let (start, linger) = match &job {
+            Job::Admit(_) => (q.runners < CALLS_IN_FLIGHT, false),
+            Job::Settle(_) => {
+                let idle = q.runners == 0 && !q.lingering;
+                (idle, idle && q.admissions.is_empty())
             }
         };
-        let linger = start && q.admissions.is_empty();
+        // Owned only when a task starts: most requests join a queue.
+        let task_key = start.then(|| key.clone());
+        match job {
+            Job::Admit(a) => q.admissions.push(a),
+            Job::Settle(s) => q.settlements.push(s),
+        }
         if linger {
             q.lingering = true;
         } else if start {
             q.runners += 1;
         }
         drop(queues);
-        if start && let Some(redis) = self.redis.clone() {
+        if let (Some(key), Some(redis)) = (task_key, self.redis.clone()) {
             let me = self.clone();
             // Counted in the queue entry: the task ends when the queue is
             // empty, the last one removing the entry.
@@ -200,7 +203,7 @@ impl Limiter {
                 Ok(verdicts) => {
                     for s in settlements {
                         if let Some(done) = s.done {
-                            let _ = done.send(Ok(()));
+                            let _ = done.send(());
                         }
                     }
                     for (a, v) in admissions.into_iter().zip(verdicts) {
@@ -221,7 +224,10 @@ impl Limiter {
                         let _ = a.reply.send(Err(e.clone()));
                     }
                     for s in settlements.into_iter().chain(more_s) {
-                        self.settlement_failed(s, &e);
+                        self.settle_failed(&s.ticket, &s.usage, &e);
+                        if let Some(done) = s.done {
+                            let _ = done.send(());
+                        }
                     }
                 }
             }
@@ -234,33 +240,11 @@ impl Limiter {
     /// nothing used, so its reservation and leases come back.
     fn answer(self: &Arc<Self>, a: Admission, v: Verdict) {
         let mut ticket = a.ticket;
-        let admitted = if let Verdict::Admitted {
-            second,
-            deadline_ms,
-            ..
-        } = v
-        {
-            ticket.second = second;
-            ticket.lease_deadline_ms = deadline_ms;
-            true
-        } else {
-            false
-        };
+        let admitted = ticket.take(&v);
         if let Err(Ok((ticket, _))) = a.reply.send(Ok((ticket, v)))
             && admitted
         {
             self.settle_shared(ticket, Usage::default(), None);
-        }
-    }
-
-    fn settlement_failed(&self, s: Settlement, e: &StoreError) {
-        match s.done {
-            Some(done) => {
-                if let Err(Err(e)) = done.send(Err(e.clone())) {
-                    self.settle_failed(&s.ticket, &s.usage, &e);
-                }
-            }
-            None => self.settle_failed(&s.ticket, &s.usage, e),
         }
     }
 }
