@@ -103,47 +103,45 @@ impl Redis {
         if handle.runtime_flavor() != RuntimeFlavor::CurrentThread {
             return None;
         }
-        let start = LOCAL.with(|l| {
+        let mut connect = false;
+        let up = LOCAL.with(|l| {
             let mut l = l.borrow_mut();
             match l.get(&self.id) {
-                Some(Local::Up(c)) => Err(c.clone()),
-                Some(Local::Connecting) => Ok(false),
-                Some(Local::Down(until)) if Instant::now() < *until => Ok(false),
+                Some(Local::Up(c)) => Some(c.clone()),
+                Some(Local::Connecting) => None,
+                Some(Local::Down(until)) if Instant::now() < *until => None,
                 _ => {
                     l.insert(self.id, Local::Connecting);
-                    Ok(true)
+                    connect = true;
+                    None
                 }
             }
         });
-        match start {
-            Err(conn) => Some(conn),
-            Ok(false) => None,
-            Ok(true) => {
-                let (client, id) = (self.client.clone(), self.id);
-                // Ends when connected (the connection's own task then runs on
-                // this thread) or failed; the entry says which.
-                handle.spawn(async move {
-                    let config = AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                        .set_response_timeout(Some(CALL_TIMEOUT))
-                        .set_concurrency_limit(MAX_IN_FLIGHT);
-                    let state = match client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await
-                    {
-                        Ok(c) => Local::Up(c),
-                        Err(_) => Local::Down(Instant::now() + RECONNECT_PAUSE),
-                    };
-                    LOCAL.with(|l| l.borrow_mut().insert(id, state));
-                });
-                None
-            }
+        if connect {
+            let (client, id) = (self.client.clone(), self.id);
+            // Ends when connected (the connection's own task then runs on
+            // this thread) or failed; the entry says which.
+            handle.spawn(async move {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(CALL_TIMEOUT))
+                    .set_concurrency_limit(MAX_IN_FLIGHT);
+                let state = match client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                {
+                    Ok(c) => Local::Up(c),
+                    Err(_) => Local::Down(Instant::now() + RECONNECT_PAUSE),
+                };
+                LOCAL.with(|l| l.borrow_mut().insert(id, state));
+            });
         }
+        up
     }
 
     /// Runs `call` on this thread's connection if it is up, else on the
-    /// shared one. A connection error drops this thread's connection: the
-    /// next call starts another and goes over the shared one meanwhile.
+    /// shared one. A connection error drops this thread's connection: calls
+    /// go over the shared one for [`RECONNECT_PAUSE`], then connect again.
     async fn call<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
     where
         F: FnOnce(Conn) -> Fut,
