@@ -72,6 +72,29 @@ async fn plan_of<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// What every inference route may answer besides its answer and the checks
+/// every route has: one list for the document's three inference routes.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Describes the `ApiError`s a request can end in; never built.
+enum InferenceRefusals {
+    #[response(status = 404, description = "the model is not the served one")]
+    NotServed(ErrorEnvelope),
+    #[response(
+        status = 429,
+        description = "a rate limit or quota was hit; `code` names it, `Retry-After` says when to come back"
+    )]
+    Limited(ErrorEnvelope),
+    #[response(status = 502, description = "the model server failed")]
+    Upstream(ErrorEnvelope),
+    #[response(
+        status = 503,
+        description = "shed by the scheduler or no healthy worker (`overloaded`); see `Retry-After`"
+    )]
+    Overloaded(ErrorEnvelope),
+    #[response(status = 504, description = "the model server did not answer in time")]
+    Timeout(ErrorEnvelope),
+}
+
 #[utoipa::path(
     post,
     path = "/v1/chat/completions",
@@ -80,11 +103,7 @@ async fn plan_of<T: serde::de::DeserializeOwned>(
     responses(
         (status = 200, description = "the completion; with `stream: true` an SSE stream of chunks ending in `data: [DONE]`",
             content((ChatCompletion = "application/json"), (StreamEvent = "text/event-stream"))),
-        (status = 404, description = "the model is not the served one", body = ErrorEnvelope),
-        (status = 429, description = "a rate limit or quota was hit; `code` names it, `Retry-After` says when to come back", body = ErrorEnvelope),
-        (status = 502, description = "the model server failed", body = ErrorEnvelope),
-        (status = 503, description = "shed by the scheduler or no healthy worker (`overloaded`); see `Retry-After`", body = ErrorEnvelope),
-        (status = 504, description = "the model server did not answer in time", body = ErrorEnvelope),
+        InferenceRefusals,
     ),
     params(("x-tollgate-priority" = Option<Priority>, Header, description = "lowers this request's priority below its tenant's (never raises it)")),
     security(("bearer" = ["infer"])),
@@ -107,11 +126,7 @@ pub async fn chat_completions(
     responses(
         (status = 200, description = "the completion; with `stream: true` an SSE stream of chunks ending in `data: [DONE]`",
             content((Completion = "application/json"), (StreamEvent = "text/event-stream"))),
-        (status = 404, description = "the model is not the served one", body = ErrorEnvelope),
-        (status = 429, description = "a rate limit or quota was hit; `code` names it, `Retry-After` says when to come back", body = ErrorEnvelope),
-        (status = 502, description = "the model server failed", body = ErrorEnvelope),
-        (status = 503, description = "shed by the scheduler or no healthy worker (`overloaded`); see `Retry-After`", body = ErrorEnvelope),
-        (status = 504, description = "the model server did not answer in time", body = ErrorEnvelope),
+        InferenceRefusals,
     ),
     params(("x-tollgate-priority" = Option<Priority>, Header, description = "lowers this request's priority below its tenant's (never raises it)")),
     security(("bearer" = ["infer"])),
@@ -162,11 +177,7 @@ pub struct Generated {
     request_body = GenerateRequest,
     responses(
         (status = 200, description = "the reply", body = Generated),
-        (status = 404, description = "the model is not the served one", body = ErrorEnvelope),
-        (status = 429, description = "a rate limit or quota was hit; `code` names it, `Retry-After` says when to come back", body = ErrorEnvelope),
-        (status = 502, description = "the model server failed", body = ErrorEnvelope),
-        (status = 503, description = "shed by the scheduler or no healthy worker (`overloaded`); see `Retry-After`", body = ErrorEnvelope),
-        (status = 504, description = "the model server did not answer in time", body = ErrorEnvelope),
+        InferenceRefusals,
     ),
     params(("x-tollgate-priority" = Option<Priority>, Header, description = "lowers this request's priority below its tenant's (never raises it)")),
     security(("bearer" = ["infer"])),

@@ -183,6 +183,18 @@ fn merge(schema: &mut Value, rule: Value) {
 /// Path ids follow the id rule (any other is no such resource: 404), and
 /// audit pages hold 1 to `MAX_LIMIT` records.
 fn parameter_rules(doc: &mut Value) {
+    each_parameter(doc, |p| match (p["in"].as_str(), p["name"].as_str()) {
+        (Some("path"), Some("id")) => merge(&mut p["schema"], json!({"pattern": ID_PATTERN})),
+        (Some("query"), Some("limit")) => merge(
+            &mut p["schema"],
+            json!({"minimum": 1, "maximum": MAX_LIMIT}),
+        ),
+        _ => {}
+    });
+}
+
+/// Calls `f` on every parameter of every operation.
+fn each_parameter(doc: &mut Value, mut f: impl FnMut(&mut Value)) {
     let Some(Value::Object(paths)) = doc.get_mut("paths") else {
         return;
     };
@@ -194,16 +206,7 @@ fn parameter_rules(doc: &mut Value) {
         {
             let params = op.get_mut("parameters").and_then(Value::as_array_mut);
             for p in params.into_iter().flatten() {
-                match (p["in"].as_str(), p["name"].as_str()) {
-                    (Some("path"), Some("id")) => {
-                        merge(&mut p["schema"], json!({"pattern": ID_PATTERN}))
-                    }
-                    (Some("query"), Some("limit")) => merge(
-                        &mut p["schema"],
-                        json!({"minimum": 1, "maximum": MAX_LIMIT}),
-                    ),
-                    _ => {}
-                }
+                f(p);
             }
         }
     }
@@ -211,29 +214,17 @@ fn parameter_rules(doc: &mut Value) {
 
 /// A header is absent or has a value: `null` is not one to send.
 fn optional_headers_are_not_null(doc: &mut Value) {
-    let Some(Value::Object(paths)) = doc.get_mut("paths") else {
-        return;
-    };
-    for item in paths.values_mut() {
-        for op in item
-            .as_object_mut()
-            .into_iter()
-            .flat_map(|o| o.values_mut())
-        {
-            let params = op.get_mut("parameters").and_then(Value::as_array_mut);
-            for p in params.into_iter().flatten() {
-                if p["in"] != "header" {
-                    continue;
-                }
-                let inner = p["schema"]["oneOf"]
-                    .as_array()
-                    .and_then(|alts| alts.iter().find(|a| a["type"] != "null").cloned());
-                if let Some(inner) = inner {
-                    p["schema"] = inner;
-                }
-            }
+    each_parameter(doc, |p| {
+        if p["in"] != "header" {
+            return;
         }
-    }
+        let inner = p["schema"]["oneOf"]
+            .as_array()
+            .and_then(|alts| alts.iter().find(|a| a["type"] != "null").cloned());
+        if let Some(inner) = inner {
+            p["schema"] = inner;
+        }
+    });
 }
 
 /// Only the served model is accepted (or none: it is the default).
@@ -346,7 +337,7 @@ fn add_error(op: &mut Value, status: &str, what: &str, schema: Value) {
     }
 }
 
-/// The (method, path) pairs a document describes, methods upper-case.
+/// The (method, path) pairs a document describes, methods upper-case, sorted.
 pub fn operations(doc: &Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
     if let Some(paths) = doc["paths"].as_object() {
@@ -356,13 +347,23 @@ pub fn operations(doc: &Value) -> Vec<(String, String)> {
             }
         }
     }
+    out.sort();
+    out
+}
+
+/// The (method, path) pairs the gateway serves (`ROUTES`), as [`operations`] lists them.
+pub fn served() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = super::ROUTES
+        .iter()
+        .map(|r| (r.method.as_str().to_owned(), r.path.to_owned()))
+        .collect();
+    out.sort();
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::ROUTES;
 
     fn config() -> Config {
         tollgate_shared::config::validate(
@@ -381,14 +382,7 @@ mod tests {
     #[test]
     fn the_document_describes_exactly_the_served_routes() {
         let (doc, _) = fitted(&config());
-        let mut documented = operations(&doc);
-        let mut served: Vec<(String, String)> = ROUTES
-            .iter()
-            .map(|r| (r.method.as_str().to_owned(), r.path.to_owned()))
-            .collect();
-        documented.sort();
-        served.sort();
-        assert_eq!(documented, served);
+        assert_eq!(operations(&doc), served());
         assert_eq!(doc["openapi"], "3.1.0");
     }
 }
