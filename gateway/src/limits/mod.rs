@@ -4,7 +4,7 @@
 //! - `policy`: the arithmetic (sliding windows, leases, daily budget), pure
 //! - `redis`: the same semantics as one Lua script on one hash of limiter
 //!   state per tenant, admitting and settling any number of requests per call
-//! - `steps`: a tenant's calls to Redis coalesced, one in flight at a time
+//! - `steps`: a tenant's calls to Redis coalesced, at most two in flight
 //! - `usage`: usage metering for billing (requests and tokens per tenant, client, day)
 //!
 //! With Redis configured every replica shares the counters; when Redis is
