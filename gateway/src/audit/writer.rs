@@ -18,10 +18,11 @@ use super::stream;
 
 /// Records written per batch at most.
 const BATCH: usize = 512;
-/// How long the file writer lets records gather after a batch that did not
-/// fill. Without it every record woke the writer's thread and cost a write
-/// of its own; with it a busy gateway writes a batch every few milliseconds,
-/// and a record reaches the file at most this much later.
+/// How long each writer lets records gather after a batch that did not
+/// fill. Without it every record woke the writer and cost a write of its
+/// own (for the stream, a round trip and a read and a write in Redis);
+/// with it a busy gateway writes a batch every few milliseconds, and a
+/// record reaches the file or the stream at most this much later.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 pub enum Msg {
@@ -151,6 +152,10 @@ pub async fn run_stream(redis: Redis, max_len: u64, mut rx: mpsc::Receiver<Msg>)
                 }
             }
         }
+        let (full, closing) = (batch.lines.len() >= BATCH, batch.closing);
         batch.answer_flushes();
+        if !full && !closing {
+            tokio::time::sleep(LINGER).await;
+        }
     }
 }
