@@ -3,7 +3,17 @@
 //! alone and the algorithm pinned to that key (so `none` and HS/RS confusion
 //! cannot work), unknown `crit` refused, `exp`, `iat`, `nbf`, `iss`, `aud`,
 //! `jti` required, a leeway of 30 s.
+//!
+//! A token that passed is remembered by its exact text (a few thousand at
+//! most), so the same token on its next request costs a lookup and an
+//! expiry check instead of base64, JSON and a signature. Only a token that
+//! verified can get in, the keys do not change under a `TokenService`, and
+//! everything else those checks decide cannot change with time but `exp`.
+//! Revocation is not the token's business: the registry decides it on every
+//! request.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -23,6 +33,9 @@ pub const LEEWAY_SECS: u64 = 30;
 /// The longest lifetime a token may claim (the largest `auth.token_ttl_secs`).
 const MAX_LIFETIME_SECS: u64 = 86_400;
 const MAX_JTI_BYTES: usize = 128;
+/// Verified tokens remembered at most; at this many, the expired ones go,
+/// and if none has, all of them.
+const VERIFIED_MAX: usize = 4096;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Claims {
@@ -81,6 +94,8 @@ pub struct TokenService {
     keys: KeySet,
     /// One prepared validation per algorithm in use.
     validations: Vec<(Algorithm, Validation)>,
+    /// Tokens that verified, by their text (see the module doc).
+    verified: Mutex<HashMap<Box<str>, Arc<Claims>>>,
 }
 
 pub fn now_secs() -> u64 {
@@ -115,6 +130,7 @@ impl TokenService {
             ttl: cfg.token_ttl,
             keys,
             validations,
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -156,10 +172,35 @@ impl TokenService {
     }
 
     /// Verifies a token completely; see the module doc for the rules.
-    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    pub fn verify(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge);
         }
+        let now = now_secs();
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = verified.get(token) {
+            // The library's rule: expired once `exp` is more than the leeway ago.
+            if c.exp.saturating_add(LEEWAY_SECS) >= now {
+                return Ok(c.clone());
+            }
+            verified.remove(token);
+            return Err(TokenError::Expired);
+        }
+        drop(verified);
+        let claims = Arc::new(self.check(token, now)?);
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if verified.len() >= VERIFIED_MAX {
+            verified.retain(|_, c| c.exp.saturating_add(LEEWAY_SECS) >= now);
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
+        }
+        verified.insert(token.into(), claims.clone());
+        Ok(claims)
+    }
+
+    /// Every check of a token not seen before.
+    fn check(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
         let mut parts = token.split('.');
         let (Some(head), Some(_), Some(_), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -207,7 +248,7 @@ impl TokenService {
                 | ErrorKind::MissingRequiredClaim(_) => TokenError::Malformed,
                 _ => TokenError::Invalid,
             })?;
-        check_claims(&claims, now_secs())?;
+        check_claims(&claims, now)?;
         Ok(claims)
     }
 }

@@ -103,7 +103,7 @@ fn issued_tokens_verify_with_their_claims() {
     let s = service(KEY);
     let (t, c) = s.issue("c1", "acme", "infer admin", 3).unwrap();
     let v = s.verify(&t).unwrap();
-    assert_eq!(v, c);
+    assert_eq!(*v, c);
     assert_eq!(v.exp - v.iat, 60);
     assert_eq!(v.jti.len(), 32);
     assert_eq!(v.generation, 3);
@@ -210,7 +210,7 @@ fn asymmetric_keys_sign_verify_and_publish_their_public_half() {
     ] {
         let s = TokenService::new(&config(alg, &private)).unwrap();
         let (t, c) = s.issue("c1", "acme", "infer", 0).unwrap();
-        assert_eq!(s.verify(&t).unwrap(), c, "{alg:?}");
+        assert_eq!(*s.verify(&t).unwrap(), c, "{alg:?}");
         let h = header_of(&t);
         assert_eq!(h["alg"], alg.as_str());
         let jwks = serde_json::to_value(s.jwks()).unwrap();
@@ -304,4 +304,39 @@ fn a_key_that_does_not_fit_its_algorithm_stops_the_start() {
         ))
         .is_err()
     );
+}
+
+#[test]
+fn a_verified_token_is_remembered_until_it_expires() {
+    let s = service(KEY);
+    let (t, c) = s.issue("c1", "acme", "infer", 0).unwrap();
+    let first = s.verify(&t).unwrap();
+    let again = s.verify(&t).unwrap();
+    assert!(Arc::ptr_eq(&first, &again), "the second verification is the remembered one");
+    assert_eq!(*again, c);
+    // The same claims, now long expired: the remembered token is refused and forgotten.
+    let stale = Arc::new(Claims {
+        exp: now_secs() - LEEWAY_SECS - 1,
+        ..c
+    });
+    s.verified.lock().unwrap().insert(t.as_str().into(), stale);
+    assert_eq!(s.verify(&t), Err(TokenError::Expired));
+    assert!(!s.verified.lock().unwrap().contains_key(t.as_str()));
+    // A token that fails is not remembered; one changed by a byte is not the same token.
+    let mut forged = t.clone().into_bytes();
+    let i = forged.len() - 10;
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert!(s.verify(&forged).is_err());
+    assert!(!s.verified.lock().unwrap().contains_key(forged.as_str()));
+}
+
+#[test]
+fn remembered_tokens_are_bounded() {
+    let s = service(KEY);
+    for i in 0..VERIFIED_MAX + 10 {
+        let (t, _) = s.issue(&format!("c{i}"), "acme", "infer", 0).unwrap();
+        s.verify(&t).unwrap();
+        assert!(s.verified.lock().unwrap().len() <= VERIFIED_MAX);
+    }
 }

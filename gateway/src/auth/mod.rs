@@ -166,7 +166,7 @@ pub fn authenticate(
         tenant: tenant.id,
         priority: tenant.priority,
         scopes,
-        jti: claims.jti,
+        jti: claims.jti.clone(),
         timing,
     })
 }

@@ -181,9 +181,9 @@ fn identify(trail: &Trail, req: &actix_web::HttpRequest) {
     };
     let priority = gw.registry.tenant(&claims.tid).map(|t| t.priority);
     trail.set_caller(CallerFacts {
-        client_id: claims.sub,
-        tenant: claims.tid,
-        scopes: claims.scope,
+        client_id: claims.sub.clone(),
+        tenant: claims.tid.clone(),
+        scopes: claims.scope.clone(),
         priority,
     });
 }
