@@ -23,7 +23,7 @@ use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{FilterExt, Targets, filter_fn};
+use tracing_subscriber::filter::{FilterExt, FilterFn, LevelFilter, Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -45,6 +45,18 @@ fn env_filter(default_level: &str) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
+/// Events only, none above the log level: with no tracer nothing else is
+/// wanted. The level is also a hint, so that the libraries' `trace!` and
+/// `debug!` call sites are off at the call site (cached, one load) instead
+/// of building an event that every filter then turns down.
+fn events_only(default_level: &str) -> FilterFn<fn(&tracing::Metadata<'_>) -> bool> {
+    let level = env_filter(default_level)
+        .max_level_hint()
+        .unwrap_or(LevelFilter::TRACE);
+    let is_event: fn(&tracing::Metadata<'_>) -> bool = |m| m.is_event();
+    filter_fn(is_event).with_max_level_hint(level)
+}
+
 fn log_layer<S>(default_level: &str) -> impl Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
@@ -57,14 +69,14 @@ where
         .with_current_span(false)
         .with_span_list(false)
         // Events only: without a tracer no layer wants spans, so they cost nothing.
-        .with_filter(env_filter(default_level).and(filter_fn(|m| m.is_event())))
+        .with_filter(env_filter(default_level).and(events_only(default_level)))
 }
 
 /// Installs logging only (the simulator, one-shot commands). Safe to call
 /// more than once (later calls do nothing).
 pub fn init_logging(default_level: &str) {
     let _ = tracing_subscriber::registry()
-        .with(filter_fn(|m| m.is_event()))
+        .with(events_only(default_level))
         .with(log_layer(default_level))
         .try_init();
 }
@@ -150,7 +162,7 @@ pub fn init(cfg: &TelemetryConfig, role: &str) -> Result<Telemetry, String> {
     // Without a tracer no span is wanted, but per-layer filters still let
     // the registry build, enter and close every span (about 6 % of a
     // request's CPU): a global filter turns spans off at their call sites.
-    let no_spans = provider.is_none().then(|| filter_fn(|m| m.is_event()));
+    let no_spans = provider.is_none().then(|| events_only(&cfg.log_level));
     tracing_subscriber::registry()
         .with(no_spans)
         .with(log_layer(&cfg.log_level))
