@@ -9,8 +9,15 @@ pub struct RequestId(u128);
 
 impl RequestId {
     pub fn new() -> Self {
-        // A v4 UUID is 122 random bits; never all zero, as a trace id must not be.
-        RequestId(uuid::Uuid::new_v4().as_u128())
+        // The thread's CSPRNG (ChaCha, seeded from the OS): random as the OS's
+        // bits are, without a system call per request. Never all zero, as a
+        // trace id must not be.
+        loop {
+            let id: u128 = rand::random();
+            if id != 0 {
+                return RequestId(id);
+            }
+        }
     }
 
     /// Parses a W3C `traceparent` header and returns its trace id.
@@ -33,7 +40,7 @@ impl RequestId {
 
     /// A `traceparent` header for a child call made under this trace.
     pub fn traceparent(&self) -> String {
-        let span = (uuid::Uuid::new_v4().as_u128() as u64) | 1;
+        let span = rand::random::<u64>() | 1;
         format!("00-{self}-{span:016x}-01")
     }
 }
