@@ -15,6 +15,7 @@
 
 pub mod breaker;
 pub mod config;
+pub mod hex;
 pub mod http;
 pub mod ids;
 pub mod inflight;

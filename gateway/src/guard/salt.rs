@@ -33,7 +33,7 @@ impl SaltKey {
         mac.update(LABEL);
         mac.update(tenant.as_bytes());
         let digest = mac.finalize().into_bytes();
-        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        tollgate_shared::hex::lower(&digest[..16])
     }
 }
 

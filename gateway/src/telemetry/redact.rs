@@ -25,10 +25,7 @@ pub struct PromptFacts {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    tollgate_shared::hex::lower(&Sha256::digest(bytes))
 }
 
 fn facts(json: &[u8], texts: &[&str], sample: bool) -> PromptFacts {
