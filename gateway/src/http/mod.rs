@@ -150,13 +150,17 @@ pub fn configure(cfg: &mut web::ServiceConfig, gateway: web::Data<Gateway>) {
     let query = web::QueryConfig::default()
         .error_handler(|e, _| ApiError::invalid(format!("invalid query string: {e}")).into());
     let mut scope = web::scope("").wrap(from_fn(request_id));
-    // One resource per path, in the order of first appearance.
+    // One resource per path, in the order of first appearance, paths without
+    // a parameter first: the router (and the request middleware's route
+    // lookup) tries resources in order, and a parameter costs a regex match,
+    // so the inference routes are found by comparing strings alone.
     let mut paths: Vec<&'static str> = Vec::new();
     for r in ROUTES {
         if !paths.contains(&r.path) {
             paths.push(r.path);
         }
     }
+    paths.sort_by_key(|p| p.contains('{'));
     for path in paths {
         let here = ROUTES.iter().filter(|r| r.path == path);
         let allow = here
