@@ -136,16 +136,55 @@ impl<'de> Visitor<'de> for Walk<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let inner = self.deeper()?;
-        let mut keys: HashSet<Key<'de>> = HashSet::new();
+        let mut keys = Seen::default();
         while let Some(key) = map.next_key_seed(KeySeed)? {
             self.text(&key)?;
-            if keys.contains(&key) {
+            if let Some(key) = keys.insert(key) {
                 return Err(self.fail(ShapeError::DuplicateKey(key.into_owned())));
             }
-            keys.insert(key);
             map.next_value_seed(inner)?;
         }
         Ok(())
+    }
+}
+
+/// Objects with more keys than this have them hashed; smaller ones (nearly
+/// every object of a request) are searched in a list, with no hashing.
+const FEW_KEYS: usize = 16;
+
+/// The keys seen so far in one object.
+enum Seen<'de> {
+    Few(Vec<Key<'de>>),
+    Many(HashSet<Key<'de>>),
+}
+
+impl Default for Seen<'_> {
+    fn default() -> Self {
+        Seen::Few(Vec::new())
+    }
+}
+
+impl<'de> Seen<'de> {
+    /// Adds `key`; gives it back if it was seen before.
+    fn insert(&mut self, key: Key<'de>) -> Option<Key<'de>> {
+        match self {
+            Seen::Few(list) if list.contains(&key) => Some(key),
+            Seen::Few(list) if list.len() < FEW_KEYS => {
+                list.push(key);
+                None
+            }
+            Seen::Few(list) => {
+                let mut set: HashSet<Key<'de>> = list.drain(..).collect();
+                set.insert(key);
+                *self = Seen::Many(set);
+                None
+            }
+            Seen::Many(set) if set.contains(&key) => Some(key),
+            Seen::Many(set) => {
+                set.insert(key);
+                None
+            }
+        }
     }
 }
 
@@ -204,6 +243,24 @@ mod tests {
             check(br#"{"n":1,"\u006e":2}"#),
             Err(ShapeError::DuplicateKey("n".into()))
         );
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_in_objects_of_any_size() {
+        for keys in [2, FEW_KEYS, FEW_KEYS + 1, 200] {
+            let fields: Vec<String> = (0..keys).map(|i| format!("\"k{i}\":{i}")).collect();
+            let body = format!("{{{}}}", fields.join(","));
+            check(body.as_bytes()).unwrap();
+            // The first key again, and the last: found before and after the list becomes a set.
+            for again in [0, keys - 1] {
+                let body = format!("{{{},\"k{again}\":0}}", fields.join(","));
+                assert_eq!(
+                    check(body.as_bytes()),
+                    Err(ShapeError::DuplicateKey(format!("k{again}"))),
+                    "{keys} keys, k{again} twice"
+                );
+            }
+        }
     }
 
     #[test]
