@@ -31,7 +31,7 @@ const RETRY_AFTER_SECS: u64 = 1;
 
 /// What the scheduler needs to know of a request: its class (the caller's,
 /// already lowered if the request asked), its tenant's weight, size and prompt prefix.
-pub fn job_spec(caller: &Caller, weight: u32, plan: &Plan, fair_share: bool) -> JobSpec {
+pub fn job_spec(caller: &Caller, plan: &Plan, fair_share: bool) -> JobSpec {
     // The prompt's beginning, salted by tenant as vLLM's prefix cache is.
     let prefix = {
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -41,7 +41,7 @@ pub fn job_spec(caller: &Caller, weight: u32, plan: &Plan, fair_share: bool) -> 
     };
     // Plain FIFO: one class, one queue, arrival order.
     let (tenant, priority, weight) = if fair_share {
-        (caller.tenant.clone(), caller.priority, weight)
+        (caller.tenant.clone(), caller.priority, caller.weight)
     } else {
         (FIFO.into(), Priority::Normal, 1)
     };

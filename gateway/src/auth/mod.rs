@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::HttpRequest;
 use actix_web::http::header::{AUTHORIZATION, HeaderName, HeaderValue};
-use tollgate_shared::config::{Priority, Scope};
+use tollgate_shared::config::{Limits, Priority, Scope};
 
 use crate::error::ApiError;
 pub use debug::Timing;
@@ -42,6 +42,12 @@ pub struct Caller {
     /// The token's scopes, narrowed to what the client may still hold.
     pub scopes: Vec<Scope>,
     pub jti: String,
+    /// The limits of the client and of its tenant, and the tenant's fair-share
+    /// weight, as the registry held them when the caller was admitted: the
+    /// later stages take them from here, not from the registry again.
+    pub client_limits: Limits,
+    pub tenant_limits: Limits,
+    pub weight: u32,
     /// Present when a `dev` caller asked for the timing breakdown.
     pub timing: Option<Timing>,
 }
@@ -167,6 +173,9 @@ pub fn authenticate(
         priority: tenant.priority,
         scopes,
         jti: claims.jti.clone(),
+        client_limits: client.limits,
+        tenant_limits: tenant.limits,
+        weight: tenant.weight,
         timing,
     })
 }

@@ -338,21 +338,11 @@ async fn limit(
     caller: &Caller,
     plan: &Plan,
 ) -> Result<Charge, ApiError> {
-    let client_limits = gw
-        .registry
-        .client(&caller.client_id)
-        .map(|c| c.limits)
-        .unwrap_or_default();
-    let tenant_limits = gw
-        .registry
-        .tenant(&caller.tenant)
-        .map(|t| t.limits)
-        .unwrap_or_default();
     let subject = Subject {
         tenant: &caller.tenant,
         client: &caller.client_id,
-        tenant_limits,
-        client_limits,
+        tenant_limits: caller.tenant_limits,
+        client_limits: caller.client_limits,
     };
     match gw.limiter.admit(&subject, plan.cost_tokens).await {
         Ok((ticket, headroom)) => {
@@ -396,13 +386,12 @@ async fn dispatch_by(
     deadline: tokio::time::Instant,
 ) -> Result<crate::dispatch::Dispatched, ApiError> {
     let queue_timeout = gw.config.scheduler.queue_timeout;
-    let weight = gw.registry.tenant(&caller.tenant).map_or(1, |t| t.weight);
     tokio::time::timeout_at(
         deadline,
         dispatch(
             &gw.scheduler,
             &gw.pool,
-            job_spec(caller, weight, plan, gw.config.scheduler.fair_share),
+            job_spec(caller, plan, gw.config.scheduler.fair_share),
             plan,
             request_id,
             queue_timeout,
