@@ -8,6 +8,7 @@
 //! warmup_secs = 5               # latencies of requests sent earlier are left out
 //! [[tenants]]
 //! name = "a"                    # label in the report
+//! url = "http://127.0.0.1:8081" # optional: this tenant's gateway (another replica), else `url`
 //! client_id = "a-app"
 //! client_secret = { env = "A_SECRET" }
 //! weight = 1                    # for the fairness index
@@ -64,6 +65,9 @@ fn default_drain() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct TenantLoad {
     pub name: String,
+    /// The gateway this tenant's clients reach (e.g. another replica); the
+    /// scenario's `url` when absent.
+    pub url: Option<String>,
     /// Client credentials at a gateway; leave both out to load a vLLM server directly.
     pub client_id: Option<String>,
     pub client_secret: Option<SecretSource>,
@@ -135,19 +139,29 @@ fn prompt(rng: &mut StdRng, tokens: u32) -> String {
 
 pub async fn run(path: &Path, out: &Path) -> CmdResult {
     let scenario = load(path)?;
-    let url = scenario.url.trim_end_matches('/').to_owned();
+    let urls: Vec<String> = scenario
+        .tenants
+        .iter()
+        .map(|t| {
+            t.url
+                .as_deref()
+                .unwrap_or(&scenario.url)
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect();
     let http = reqwest::Client::builder()
         .tcp_nodelay(true)
         .build()
         .map_err(|e| Failure::Other(e.into()))?;
     let mut tokens = Vec::new();
-    for t in &scenario.tenants {
+    for (t, url) in scenario.tenants.iter().zip(&urls) {
         let tok = match (&t.client_id, &t.client_secret) {
             (Some(id), Some(secret)) => {
                 let secret = secret
                     .resolve()
                     .map_err(|e| Failure::Other(anyhow::anyhow!("tenant {}: {e}", t.name)))?;
-                Some(token(&http, &url, id, secret.expose()).await?)
+                Some(token(&http, url, id, secret.expose()).await?)
             }
             (None, None) => None,
             _ => {
@@ -173,7 +187,7 @@ pub async fn run(path: &Path, out: &Path) -> CmdResult {
     for (i, tok) in tokens.into_iter().enumerate() {
         let (http, url, rec, sc) = (
             http.clone(),
-            url.clone(),
+            urls[i].clone(),
             recorder.clone(),
             scenario.clone(),
         );
@@ -286,7 +300,7 @@ async fn tenant_loop(
             tokio::time::sleep_until(tokio::time::Instant::from_std(start + at)).await;
             rec.sent(i);
             let outcome = send(req, stream, &rec, i, start, u64::from(input)).await;
-            rec.done(i, measured, outcome);
+            rec.done(i, measured, start.elapsed(), outcome);
         }));
     }
 }

@@ -44,6 +44,38 @@ struct Tenant {
     queue: Vec<Duration>,
     /// Service (input + 2 × output tokens) per time bucket.
     service: Vec<f64>,
+    /// How requests ended, per time bucket of their end.
+    ended: Ended,
+}
+
+/// Requests that ended in each time bucket, by how they ended.
+#[derive(Default, Clone, Serialize)]
+pub struct Ended {
+    ok: Vec<u64>,
+    /// 429: a rate limit or quota.
+    rate_limited: Vec<u64>,
+    /// Any 5xx (503 overloaded included).
+    server_errors: Vec<u64>,
+    /// Any other 4xx.
+    client_errors: Vec<u64>,
+    /// No answer: the connection failed or the stream broke.
+    failed: Vec<u64>,
+}
+
+impl Ended {
+    fn count(&mut self, bucket: usize, status: u16) {
+        let v = match status {
+            200 => &mut self.ok,
+            429 => &mut self.rate_limited,
+            500..=599 => &mut self.server_errors,
+            400..=499 => &mut self.client_errors,
+            _ => &mut self.failed,
+        };
+        if v.len() <= bucket {
+            v.resize(bucket + 1, 0);
+        }
+        v[bucket] += 1;
+    }
 }
 
 pub struct Recorder {
@@ -74,6 +106,8 @@ pub struct TenantReport {
     queue_wait_p99_ms: f64,
     /// Service per bucket, from the start.
     service_over_time: Vec<f64>,
+    /// Requests that ended in each bucket, by how they ended.
+    ended_over_time: Ended,
 }
 
 #[derive(Serialize)]
@@ -138,9 +172,13 @@ impl Recorder {
         }
     }
 
+    fn bucket_of(&self, at: Duration) -> usize {
+        (at.as_secs_f64() / self.bucket.as_secs_f64()) as usize
+    }
+
     /// Credits `units` of service to tenant `i` at `at` since the start.
     pub fn credit(&self, i: usize, at: Duration, units: u64) {
-        let b = (at.as_secs_f64() / self.bucket.as_secs_f64()) as usize;
+        let b = self.bucket_of(at);
         if let Ok(mut t) = self.tenants.lock() {
             let s = &mut t[i].service;
             if s.len() <= b {
@@ -150,12 +188,15 @@ impl Recorder {
         }
     }
 
-    /// Counts an answer; its latencies only when `measured` (sent after the warm-up).
-    pub fn done(&self, i: usize, measured: bool, o: Outcome) {
+    /// Counts an answer that ended at `at` since the start; its latencies
+    /// only when `measured` (sent after the warm-up).
+    pub fn done(&self, i: usize, measured: bool, at: Duration, o: Outcome) {
+        let bucket = self.bucket_of(at);
         let Ok(mut all) = self.tenants.lock() else {
             return;
         };
         let t = &mut all[i];
+        t.ended.count(bucket, o.status);
         match o.status {
             200 => t.ok += 1,
             429 => t.rate_limited += 1,
@@ -228,6 +269,7 @@ impl Recorder {
                     .iter()
                     .map(|s| s / self.bucket.as_secs_f64())
                     .collect(),
+                ended_over_time: t.ended.clone(),
             });
         }
         let weighted: Vec<f64> = tenants
@@ -353,6 +395,7 @@ mod tests {
         r.done(
             0,
             true,
+            Duration::from_millis(600),
             Outcome {
                 status: 200,
                 e2e: Some(Duration::from_millis(5)),
@@ -363,18 +406,28 @@ mod tests {
         r.done(
             0,
             false,
+            Duration::from_millis(1200),
             Outcome {
                 status: 200,
                 e2e: Some(Duration::from_secs(9)),
                 ..Default::default()
             },
         );
-        r.done(1, true, Outcome::failed(429));
+        r.done(1, true, Duration::from_millis(1900), Outcome::failed(429));
+        r.done(1, true, Duration::from_millis(1950), Outcome::failed(503));
+        r.done(1, true, Duration::from_millis(100), Outcome::failed(0));
         let rep = r.report(Duration::from_secs(2), Duration::from_secs(2));
         assert_eq!(rep.tenants[0].service_over_time, vec![10.0, 30.0]);
         assert_eq!(rep.tenants[0].service_per_sec, 20.0);
         assert_eq!(rep.tenants[1].rate_limited, 1);
         assert_eq!(rep.tenants[0].ok, 2);
+        // How requests ended, by the second they ended in.
+        assert_eq!(rep.tenants[0].ended_over_time.ok, vec![1, 1]);
+        let b = &rep.tenants[1].ended_over_time;
+        assert_eq!(b.rate_limited, vec![0, 1]);
+        assert_eq!(b.server_errors, vec![0, 1]);
+        assert_eq!(b.failed, vec![1]);
+        assert!(b.ok.is_empty() && b.client_errors.is_empty());
         assert_eq!(
             rep.tenants[0].e2e_p99_ms, 5.0,
             "the warm-up answer is left out"
