@@ -167,12 +167,28 @@ impl RotatingFile {
         let Some(out) = self.out.as_mut() else {
             return Err(io::Error::other("the audit file is not open"));
         };
-        for l in lines {
-            out.write_all(l.as_bytes())?;
-            out.write_all(b"\n")?;
-            self.size += l.len() as u64 + 1;
+        let before = self.size;
+        let written = lines
+            .iter()
+            .try_for_each(|l| {
+                out.write_all(l.as_bytes())?;
+                out.write_all(b"\n")
+            })
+            .and_then(|()| out.flush());
+        if let Err(e) = written {
+            // A failed batch leaves nothing behind (the writer counts all of
+            // it as dropped): what reached the file is cut off, what is still
+            // buffered is thrown away, and the next write reopens the file.
+            // Otherwise part of a dropped batch, or half a line, could reach
+            // the file later.
+            if let Some(out) = self.out.take() {
+                let (file, _unwritten) = out.into_parts();
+                let _ = file.set_len(before);
+            }
+            self.size = before;
+            return Err(e);
         }
-        out.flush()?;
+        self.size += lines.iter().map(|l| l.len() as u64 + 1).sum::<u64>();
         if self.synced.elapsed() >= SYNC_EVERY {
             self.sync()?;
         }
