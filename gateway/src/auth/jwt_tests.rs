@@ -312,7 +312,10 @@ fn a_verified_token_is_remembered_until_it_expires() {
     let (t, c) = s.issue("c1", "acme", "infer", 0).unwrap();
     let first = s.verify(&t).unwrap();
     let again = s.verify(&t).unwrap();
-    assert!(Arc::ptr_eq(&first, &again), "the second verification is the remembered one");
+    assert!(
+        Arc::ptr_eq(&first, &again),
+        "the second verification is the remembered one"
+    );
     assert_eq!(*again, c);
     // The same claims, now long expired: the remembered token is refused and forgotten.
     let stale = Arc::new(Claims {
