@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::{RedisConfig, RedisFailureMode};
+use crate::config::{RedisConfig, RedisFailureMode, RedisTarget};
 use crate::secret::Secret;
 
 pub struct RedisServer {
@@ -41,7 +41,8 @@ impl RedisServer {
 
     pub fn config(&self, prefix: &str) -> RedisConfig {
         RedisConfig {
-            url: Secret::new(self.url()),
+            target: RedisTarget::Url(Secret::new(self.url())),
+            wait_replicas: 0,
             gateway_replicas: 1,
             usage_retention: std::time::Duration::from_secs(86_400),
             key_prefix: prefix.to_owned(),

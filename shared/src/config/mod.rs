@@ -136,9 +136,21 @@ pub enum RedisFailureMode {
     Closed,
 }
 
+/// Where Redis is: one server (`redis.url`) or the seed nodes of a Redis
+/// Cluster (`redis.cluster`), any of which tells the client the rest.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisTarget {
+    Url(Secret),
+    Cluster(Vec<Secret>),
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RedisConfig {
-    pub url: Secret,
+    pub target: RedisTarget,
+    /// Replicas that must have a limiter or revocation write before it
+    /// counts as done (`WAIT`); 0: no wait. Default 1 on a cluster, 0 on one server.
+    pub wait_replicas: u64,
     /// Gateway replicas sharing this Redis: with `on_failure = "local"` each
     /// enforces limit ÷ this many while Redis is down.
     pub gateway_replicas: u64,

@@ -2,19 +2,23 @@
 //! naming under the configured prefix, and typed errors. Every piece of state
 //! shared between gateway replicas goes through here.
 //!
-//! Keys that one script touches together carry one hash tag (`{tenant}`), so
-//! the same scripts work on Redis Cluster.
+//! - `single`: one server (`redis.url`), with per-thread connections
+//! - `cluster`: a Redis Cluster (`redis.cluster`), commands sent by slot
+//!
+//! Keys that one script or transaction touches together carry one hash tag
+//! (`{tenant}`, `{reg}`, `{workers}`, `{<address>}`), so they share a
+//! cluster slot and the same scripts run on one server and on a cluster.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+mod cluster;
+mod single;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, FromRedisValue, ToRedisArgs};
-use tokio::runtime::{Handle, RuntimeFlavor};
+use std::time::Duration;
 
-use crate::config::RedisConfig;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{FromRedisValue, ToRedisArgs};
+
+use crate::config::{RedisConfig, RedisTarget};
 
 /// How long one Redis call may take before it counts as a failure.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(250);
@@ -22,6 +26,8 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Calls in flight on the multiplexed connection at once (the bound of the "pool").
 pub const MAX_IN_FLIGHT: usize = 1024;
+/// How long a replicated write waits for its replicas (`WAIT`).
+pub const WAIT_TIMEOUT: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -33,10 +39,16 @@ pub enum StoreError {
 
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
+        use redis::{ErrorKind, ServerErrorKind};
+        // A cluster between a primary's loss and its replica's promotion
+        // answers CLUSTERDOWN, TRYAGAIN or MASTERDOWN: down for now.
+        let failing_over =
+            e.is_cluster_error() || e.kind() == ErrorKind::Server(ServerErrorKind::MasterDown);
         if e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
+            || failing_over
         {
             StoreError::Unavailable(e.to_string())
         } else {
@@ -45,121 +57,62 @@ impl From<redis::RedisError> for StoreError {
     }
 }
 
+impl From<redis::ParsingError> for StoreError {
+    fn from(e: redis::ParsingError) -> Self {
+        StoreError::Protocol(e.to_string())
+    }
+}
+
 /// A handle on Redis; cheap to clone. Connects lazily and reconnects by itself,
 /// so a gateway starts (and degrades as configured) while Redis is down.
-///
-/// Calls made on a single-threaded runtime (each HTTP worker thread runs
-/// one) go over a connection of that thread's own once it is up, so a
-/// call and its answer never wake another thread; until then, and on any
-/// other runtime, they go over the one shared, self-healing connection.
 #[derive(Clone)]
 pub struct Redis {
-    conn: ConnectionManager,
-    client: redis::Client,
-    /// Tells this handle's per-thread connections from other handles'.
-    id: usize,
+    backend: Backend,
     prefix: String,
+    /// Replicas a replicated write waits for (`redis.wait_replicas`).
+    wait_replicas: u64,
 }
 
-/// A thread's own connection to one Redis.
-enum Local {
-    Connecting,
-    Up(MultiplexedConnection),
-    /// Connecting failed; not tried again before then.
-    Down(Instant),
+#[derive(Clone)]
+enum Backend {
+    Node(single::Node),
+    Cluster(cluster::Cluster),
 }
-
-thread_local! {
-    static LOCAL: RefCell<HashMap<usize, Local>> = RefCell::new(HashMap::new());
-}
-
-static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 
 impl Redis {
     /// Must be called inside a tokio runtime.
     pub fn new(cfg: &RedisConfig) -> Result<Redis, StoreError> {
-        let client = redis::Client::open(cfg.url.expose())
-            .map_err(|e| StoreError::Protocol(e.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200))
-            .set_concurrency_limit(MAX_IN_FLIGHT);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let backend = match &cfg.target {
+            RedisTarget::Url(url) => Backend::Node(single::Node::new(url.expose())?),
+            RedisTarget::Cluster(nodes) => {
+                let nodes: Vec<&str> = nodes.iter().map(|n| n.expose()).collect();
+                Backend::Cluster(cluster::Cluster::new(&nodes)?)
+            }
+        };
         Ok(Redis {
-            conn,
-            client,
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            backend,
             prefix: cfg.key_prefix.clone(),
+            wait_replicas: cfg.wait_replicas,
         })
     }
 
-    /// This thread's own connection, if it is up; starts connecting it when
-    /// there is none (on a single-threaded runtime only, where the
-    /// connection's task runs on this thread).
-    fn local(&self) -> Option<MultiplexedConnection> {
-        let handle = Handle::try_current().ok()?;
-        if handle.runtime_flavor() != RuntimeFlavor::CurrentThread {
-            return None;
-        }
-        let mut connect = false;
-        let up = LOCAL.with(|l| {
-            let mut l = l.borrow_mut();
-            match l.get(&self.id) {
-                Some(Local::Up(c)) => Some(c.clone()),
-                Some(Local::Connecting) => None,
-                Some(Local::Down(until)) if Instant::now() < *until => None,
-                _ => {
-                    l.insert(self.id, Local::Connecting);
-                    connect = true;
-                    None
-                }
-            }
-        });
-        if connect {
-            let (client, id) = (self.client.clone(), self.id);
-            // Ends when connected (the connection's own task then runs on
-            // this thread) or failed; the entry says which.
-            handle.spawn(async move {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(CALL_TIMEOUT))
-                    .set_concurrency_limit(MAX_IN_FLIGHT);
-                let state = match client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await
-                {
-                    Ok(c) => Local::Up(c),
-                    Err(_) => Local::Down(Instant::now() + RECONNECT_PAUSE),
-                };
-                LOCAL.with(|l| l.borrow_mut().insert(id, state));
-            });
-        }
-        up
+    /// True when this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster(_))
     }
 
-    /// Runs `call` on this thread's connection if it is up, else on the
-    /// shared one. A connection error drops this thread's connection: calls
-    /// go over the shared one for [`RECONNECT_PAUSE`], then connect again.
+    /// Runs `call` on a connection, bounded by [`CALL_TIMEOUT`] (twice, to
+    /// bound reconnecting as well).
     async fn call<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        match self.local() {
-            Some(c) => {
-                let r = bounded(call(Conn::Local(c))).await;
-                if matches!(r, Err(StoreError::Unavailable(_))) {
-                    let id = self.id;
-                    LOCAL.with(|l| {
-                        l.borrow_mut()
-                            .insert(id, Local::Down(Instant::now() + RECONNECT_PAUSE))
-                    });
-                }
-                r
+        match &self.backend {
+            Backend::Node(n) => n.call(call).await,
+            Backend::Cluster(c) => {
+                bounded(async move { call(Conn::Cluster(c.connection().await?)).await }).await
             }
-            None => bounded(call(Conn::Shared(self.conn.clone()))).await,
         }
     }
 
@@ -178,7 +131,8 @@ impl Redis {
             .await
     }
 
-    /// Runs a pipeline (atomic when built with `.atomic()`), bounded by [`CALL_TIMEOUT`].
+    /// Runs a pipeline (atomic when built with `.atomic()`), bounded by
+    /// [`CALL_TIMEOUT`]. On a cluster its keys must share a slot.
     pub async fn pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
         self.call(|mut c| async move { pipe.query_async(&mut c).await })
             .await
@@ -211,20 +165,97 @@ impl Redis {
             .await
     }
 
+    /// As [`Redis::invoke`], then, with `redis.wait_replicas` set, waits
+    /// (`WAIT`, at most [`WAIT_TIMEOUT`]) until that many replicas of the
+    /// primary holding `key` have the write, over the connection it went
+    /// by. Fewer is a failure ([`StoreError::Unavailable`]): the write is on
+    /// the primary and may be lost with it, so the caller falls back as it
+    /// would with Redis down. With 0 (one server by default) this is
+    /// [`Redis::invoke`].
+    pub async fn invoke_replicated<T: FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        key: &str,
+    ) -> Result<T, StoreError> {
+        let want = self.wait_replicas;
+        if want == 0 {
+            return self.invoke(invocation).await;
+        }
+        let timeout_ms = WAIT_TIMEOUT.as_millis() as u64;
+        let (value, got) = self
+            .call(|mut c| async move {
+                let v = invocation.invoke_async(&mut c).await?;
+                let got = c.wait(key, want, timeout_ms).await?;
+                Ok((v, got))
+            })
+            .await?;
+        if got < want as i64 {
+            return Err(StoreError::Unavailable(format!(
+                "a write reached {got} of {want} replicas within {timeout_ms} ms"
+            )));
+        }
+        Ok(value)
+    }
+
+    /// Every key matching `pattern` (a `SCAN MATCH` glob), on every primary
+    /// of a cluster. For admin reads, not the request path.
+    pub async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
+        self.call(|c| async move {
+            match c {
+                Conn::Cluster(mut c) => cluster::scan(&mut c, pattern).await,
+                mut c => {
+                    let mut keys = Vec::new();
+                    let mut cursor = 0u64;
+                    loop {
+                        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .query_async(&mut c)
+                            .await?;
+                        keys.extend(found);
+                        if next == 0 {
+                            return Ok(keys);
+                        }
+                        cursor = next;
+                    }
+                }
+            }
+        })
+        .await
+    }
+
     /// True when Redis answers PING.
     pub async fn ping(&self) -> bool {
         self.query::<String>(&redis::cmd("PING")).await.is_ok()
     }
 }
 
-/// How long a thread waits after its own connection failed before it
-/// connects again (its calls go over the shared connection meanwhile).
-const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
-
-/// A connection a call goes over: this thread's or the shared one.
+/// A connection a call goes over: a thread's own, the shared one, or the
+/// cluster's.
 enum Conn {
     Local(MultiplexedConnection),
     Shared(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    /// `WAIT replicas timeout_ms` for the writes sent over this connection
+    /// (on a cluster, to the primary holding `key`).
+    async fn wait(&mut self, key: &str, replicas: u64, timeout_ms: u64) -> redis::RedisResult<i64> {
+        match self {
+            Conn::Cluster(c) => cluster::wait(c, key, replicas, timeout_ms).await,
+            c => {
+                redis::cmd("WAIT")
+                    .arg(replicas)
+                    .arg(timeout_ms)
+                    .query_async(c)
+                    .await
+            }
+        }
+    }
 }
 
 impl redis::aio::ConnectionLike for Conn {
@@ -235,6 +266,7 @@ impl redis::aio::ConnectionLike for Conn {
         match self {
             Conn::Local(c) => c.req_packed_command(cmd),
             Conn::Shared(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -247,6 +279,7 @@ impl redis::aio::ConnectionLike for Conn {
         match self {
             Conn::Local(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Shared(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -254,6 +287,7 @@ impl redis::aio::ConnectionLike for Conn {
         match self {
             Conn::Local(c) => c.get_db(),
             Conn::Shared(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -359,3 +393,4 @@ mod tests {
         assert_eq!(ok, Some(1));
     }
 }
+
