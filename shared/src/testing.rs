@@ -1,5 +1,6 @@
 //! Test support: a real `redis-server` process on a free loopback port,
-//! owned by the test and killed on drop. Never a mock.
+//! owned by the test and killed on drop, or a real Redis Cluster of them
+//! (`cluster`). Never a mock.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,12 +12,15 @@ use std::time::{Duration, Instant};
 use crate::config::{RedisConfig, RedisFailureMode, RedisTarget};
 use crate::secret::Secret;
 
+mod cluster;
+pub use cluster::RedisCluster;
+
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -394,3 +394,64 @@ mod tests {
     }
 }
 
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+    use crate::testing::RedisCluster;
+
+    #[tokio::test]
+    async fn a_cluster_takes_commands_scripts_and_scans_on_every_primary_and_survives_a_failover() {
+        let mut cluster = RedisCluster::start();
+        let r = Redis::new(&cluster.config("t:")).unwrap();
+        assert!(r.is_cluster());
+        assert!(r.ping().await);
+        // Keys of many tags spread over the three primaries; a scan finds them all.
+        let keys: Vec<String> = (0..30).map(|i| r.key(&format!("{{k{i}}}:x"))).collect();
+        for k in &keys {
+            let _: () = r.query(redis::cmd("SET").arg(k).arg(1)).await.unwrap();
+        }
+        let owners: std::collections::HashSet<u16> =
+            keys.iter().map(|k| cluster.primary_of(k)).collect();
+        assert_eq!(owners.len(), 3, "the keys live on every primary");
+        let mut found = r.scan("t:{*}:x").await.unwrap();
+        found.sort();
+        let mut want = keys.clone();
+        want.sort();
+        assert_eq!(found, want);
+        // A script and an atomic pipeline on keys of one slot.
+        let script = redis::Script::new(
+            "redis.call('INCRBY', KEYS[1], ARGV[1]) return redis.call('INCRBY', KEYS[2], ARGV[1])",
+        );
+        let (a, b) = (r.key("{acme}:a"), r.key("{acme}:b"));
+        let mut call = script.prepare_invoke();
+        call.key(&a).key(&b).arg(2);
+        let v: i64 = r.invoke_replicated(&call, &a).await.unwrap();
+        assert_eq!(v, 2);
+        let (x, y): (i64, i64) = r
+            .pipe(redis::pipe().atomic().get(&a).get(&b))
+            .await
+            .unwrap();
+        assert_eq!((x, y), (2, 2));
+        // The primary of the slot dies; its replica has every replicated write.
+        let (dead, promoted) = cluster.fail_over(&a);
+        assert_ne!(dead, promoted);
+        let mut after = None;
+        for _ in 0..200 {
+            if let Ok(v) = r.query::<i64>(redis::cmd("GET").arg(&b)).await {
+                after = Some(v);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(after, Some(2), "the write acknowledged by WAIT survived");
+        // The script is loaded again on the new primary (NOSCRIPT there).
+        let v: i64 = r.invoke(&call).await.unwrap();
+        assert_eq!(v, 4);
+        // The promoted primary has no replica: a replicated write fails, and says so.
+        let err = r.invoke_replicated::<i64>(&call, &a).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        // The dead primary's slots are on the new one: the scan still finds everything.
+        let found = r.scan("t:{*}:x").await.unwrap();
+        assert_eq!(found.len(), keys.len());
+    }
+}
