@@ -93,7 +93,9 @@ pub async fn step<'a>(
     for ((_, tokens), set) in admissions.iter().zip(admitting) {
         call.arg(*tokens).arg(set);
     }
-    let r: Vec<i64> = redis.invoke(&call).await?;
+    // Replicated before it counts (on a cluster): an admission or usage the
+    // primary acknowledged must not vanish with it in a failover.
+    let r: Vec<i64> = redis.invoke_replicated(&call, key).await?;
     if r.len() != admissions.len() * ANSWER {
         return Err(StoreError::Protocol(format!(
             "{} integers answering {} admissions",

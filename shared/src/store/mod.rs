@@ -155,6 +155,25 @@ impl Redis {
         self.invoke(&invocation).await
     }
 
+    /// As [`Redis::script`], replicated as [`Redis::invoke_replicated`] says
+    /// (its keys share a slot: the first names it).
+    pub async fn script_replicated<T: FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[impl ToRedisArgs],
+    ) -> Result<T, StoreError> {
+        let mut invocation = script.prepare_invoke();
+        for k in keys {
+            invocation.key(k);
+        }
+        for a in args {
+            invocation.arg(a);
+        }
+        let first = keys.first().map_or("", String::as_str);
+        self.invoke_replicated(&invocation, first).await
+    }
+
     /// Runs a prepared script call (keys and arguments of any types) by
     /// EVALSHA, loading it again if Redis answers NOSCRIPT.
     pub async fn invoke<T: FromRedisValue>(
