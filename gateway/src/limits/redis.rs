@@ -21,6 +21,16 @@ static STEP: LazyLock<Script> =
 /// Integers the script answers per admission.
 const ANSWER: usize = 9;
 
+/// How long the script remembers the settlements it counted, when writes
+/// wait for replicas: longer than a settlement is sent again
+/// ([`super::steps`] gives up after about 10 s and meters it here).
+pub const SETTLED_IDS_KEPT: Duration = Duration::from_secs(30);
+
+/// The key of a tenant's recently counted settlements, beside its state.
+fn settled_key(prefix: &str, tenant: &str) -> String {
+    format!("{prefix}{{{tenant}}}:settled")
+}
+
 fn remaining(limit: i64, remaining: i64, reset: i64) -> Option<Remaining> {
     (limit >= 0).then(|| Remaining {
         limit: limit as u64,
@@ -69,11 +79,22 @@ pub async fn step<'a>(
     };
     let settling: Vec<usize> = settlements.iter().map(|(t, _)| set_of(&t.dims)).collect();
     let admitting: Vec<usize> = admissions.iter().map(|(d, _)| set_of(d)).collect();
+    // Where a write waits for replicas, a call whose answer was lost (a
+    // primary failing over) may have been counted: its settlements are sent
+    // again with their ids, and the script counts each id once.
+    let ids = redis.waits_for_replicas() && !settlements.is_empty();
+    let keep_ms = if ids {
+        call.key(settled_key(redis.prefix(), &settlements[0].0.tenant));
+        SETTLED_IDS_KEPT.as_millis() as u64
+    } else {
+        0
+    };
     call.arg(ttl_ms)
         .arg(retention.as_secs().max(1))
         .arg(sets.len())
         .arg(settlements.len())
-        .arg(admissions.len());
+        .arg(admissions.len())
+        .arg(keep_ms);
     for dims in &sets {
         call.arg(dims.len());
         for d in *dims {
@@ -89,6 +110,9 @@ pub async fn step<'a>(
             .arg(u.completion_tokens)
             .arg(j)
             .arg(set);
+        if ids {
+            call.arg(t.id);
+        }
     }
     for ((_, tokens), set) in admissions.iter().zip(admitting) {
         call.arg(*tokens).arg(set);

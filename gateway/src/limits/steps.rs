@@ -62,7 +62,17 @@ struct Settlement {
     usage: Usage,
     /// Told when it is done: in Redis, or failed and metered here.
     done: Option<oneshot::Sender<()>>,
+    /// Times it was sent again after its call failed.
+    retries: u32,
 }
+
+/// Where writes wait for replicas, a settlement whose call failed is sent
+/// again this often, this many times (about 15 s, the time a primary's
+/// replica takes over and gets a replica of its own), before it is metered
+/// here: its call may have been counted though its answer was lost, and
+/// only Redis can tell (by its id, `redis::SETTLED_IDS_KEPT`).
+const SETTLE_RETRY_PAUSE: Duration = Duration::from_millis(500);
+const SETTLE_RETRIES: u32 = 30;
 
 enum Job {
     Admit(Admission),
@@ -103,6 +113,7 @@ impl Limiter {
             ticket,
             usage,
             done,
+            retries: 0,
         }));
     }
 
@@ -224,15 +235,30 @@ impl Limiter {
                         let _ = a.reply.send(Err(e.clone()));
                     }
                     for s in settlements.into_iter().chain(more_s) {
-                        self.settle_failed(&s.ticket, &s.usage, &e);
-                        if let Some(done) = s.done {
-                            let _ = done.send(());
-                        }
+                        self.retry_or_meter(s, &e, &redis);
                     }
                 }
             }
         }
         abandon.armed = false;
+    }
+
+    /// A settlement whose call failed: sent again later where its call may
+    /// have been counted anyway ([`SETTLE_RETRIES`]), else metered here.
+    fn retry_or_meter(self: &Arc<Self>, mut s: Settlement, e: &StoreError, redis: &Redis) {
+        if redis.waits_for_replicas() && s.retries < SETTLE_RETRIES {
+            s.retries += 1;
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(SETTLE_RETRY_PAUSE).await;
+                me.enqueue(Job::Settle(s));
+            });
+            return;
+        }
+        self.settle_failed(&s.ticket, &s.usage, e);
+        if let Some(done) = s.done {
+            let _ = done.send(());
+        }
     }
 
     /// Hands `a` its verdict. An admitted request whose caller has gone (its

@@ -96,6 +96,11 @@ impl Redis {
         })
     }
 
+    /// True when writes wait for replicas ([`Redis::invoke_replicated`]).
+    pub fn waits_for_replicas(&self) -> bool {
+        self.wait_replicas > 0
+    }
+
     /// True when this is a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.backend, Backend::Cluster(_))
