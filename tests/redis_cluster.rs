@@ -248,3 +248,115 @@ async fn a_gateway_on_a_cluster_keeps_limits_usage_audit_and_revocations_there()
     );
     drop(f.gateway);
 }
+
+/// What the load saw, answer by answer.
+#[derive(Default, Debug)]
+struct Tally {
+    served: Served,
+    limited: u64,
+    unavailable: u64,
+    /// Refused by the limit after the failover: the count came through it.
+    limited_after: u64,
+}
+
+#[tokio::test]
+async fn a_primary_killed_under_load_and_its_replica_promoted_over_admits_nothing_and_loses_no_usage()
+ {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    const RPM: u64 = 300;
+    let cluster = RedisCluster::start();
+    let tenants = vec!["acme".to_owned()];
+    let f = fleet(
+        &cluster,
+        &tenants,
+        &format!("rpm = {RPM}"),
+        "on_failure = \"closed\"",
+    )
+    .await;
+    let http = http();
+    let token = token(&http, &f.base, "c-acme", CLIENT_SECRET).await;
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let (stop, failed_over) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    // Eight clients, each sending one request after another until stopped.
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, base, token) = (http.clone(), f.base.clone(), token.clone());
+            let (tally, stop, failed_over) = (tally.clone(), stop.clone(), failed_over.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let after = failed_over.load(Ordering::Relaxed);
+                    let (status, v) = chat(&http, &base, &token).await;
+                    let mut t = tally.lock().unwrap();
+                    match status {
+                        200 => {
+                            t.served.requests += 1;
+                            t.served.prompt += v["usage"]["prompt_tokens"].as_u64().unwrap();
+                            t.served.completion +=
+                                v["usage"]["completion_tokens"].as_u64().unwrap();
+                        }
+                        429 => {
+                            assert_eq!(v["error"]["code"], "requests_per_minute", "{v}");
+                            t.limited += 1;
+                            t.limited_after += u64::from(after);
+                        }
+                        // on_failure = "closed": refused while the slot has no primary
+                        // (or one whose writes no replica has yet).
+                        503 => t.unavailable += 1,
+                        other => panic!("unexpected status {other}: {v}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    // A fifth of the limit admitted: the tenant's primary dies, its replica takes over.
+    eventually("the load to be admitted", || {
+        let tally = tally.clone();
+        async move { (tally.lock().unwrap().served.requests >= RPM / 5).then_some(()) }
+    })
+    .await;
+    let key = format!("{PREFIX}{{acme}}:limits");
+    let cluster = tokio::task::spawn_blocking(move || {
+        let mut cluster = cluster;
+        let (dead, _) = cluster.fail_over(&key);
+        // The dead node comes back empty and becomes the new primary's replica.
+        cluster.restart(dead);
+        cluster
+    })
+    .await
+    .unwrap();
+    failed_over.store(true, Ordering::Relaxed);
+    // The load goes on until the limit refuses it again.
+    eventually("the limit to refuse after the failover", || {
+        let tally = tally.clone();
+        async move { (tally.lock().unwrap().limited_after >= 20).then_some(()) }
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let t = std::mem::take(&mut *tally.lock().unwrap());
+    assert!(
+        t.served.requests <= RPM,
+        "over-admission: {} admitted with rpm = {RPM} ({t:?})",
+        t.served.requests
+    );
+    // Usage of every answered request, once: in the cluster, or metered in
+    // the gateway for a settlement the cluster did not take.
+    let metered = eventually("usage to be metered", || {
+        let (http, base, token) = (http.clone(), f.base.clone(), token.clone());
+        let want = t.served.requests;
+        async move {
+            let u = usage_of(&http, &base, &token).await;
+            (u.requests >= want).then_some(u)
+        }
+    })
+    .await;
+    assert_eq!(metered, t.served, "usage is what was served ({t:?})");
+    drop(cluster);
+}

@@ -22,6 +22,8 @@ pub struct RedisCluster {
 
 struct Node {
     port: u16,
+    /// The cluster bus port (`--cluster-port`), kept across a restart.
+    bus: u16,
     child: Option<Child>,
 }
 
@@ -54,10 +56,11 @@ impl RedisCluster {
             dir,
         };
         for _ in 0..6 {
-            let port = free_port();
-            let child = cluster.spawn(port);
+            let (port, bus) = (free_port(), free_port());
+            let child = cluster.spawn(port, bus);
             cluster.nodes.push(Node {
                 port,
+                bus,
                 child: Some(child),
             });
         }
@@ -85,8 +88,7 @@ impl RedisCluster {
         cluster
     }
 
-    fn spawn(&self, port: u16) -> Child {
-        let bus = free_port();
+    fn spawn(&self, port: u16, bus: u16) -> Child {
         let conf = self.dir.join(format!("nodes-{port}.conf"));
         Command::new("redis-server")
             .args(["--port", &port.to_string()])
@@ -200,6 +202,24 @@ impl RedisCluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts the node at `port` again, empty (nothing is kept on disk but
+    /// its cluster config): it rejoins as the replica of the primary that
+    /// took its slots. Waits until that primary has it online.
+    pub fn restart(&mut self, port: u16) {
+        self.kill(port);
+        let i = self.nodes.iter().position(|n| n.port == port).unwrap();
+        let child = self.spawn(port, self.nodes[i].bus);
+        self.nodes[i].child = Some(child);
+        wait_for(&format!("node {port} to rejoin as a replica"), || {
+            let lines = self.lines(port);
+            let me = lines.iter().find(|l| l.port == port);
+            let primary = me
+                .and_then(|m| m.of.as_ref())
+                .and_then(|id| lines.iter().find(|l| &l.id == id));
+            cluster_ok(port) && primary.is_some_and(|p| replicas_online(p.port) >= 1)
+        });
     }
 
     fn wait_ready(&self) {
