@@ -16,12 +16,15 @@ use super::{CALL_TIMEOUT, CONNECT_TIMEOUT, MAX_IN_FLIGHT, StoreError};
 /// it fails; the call's own bound ([`super::bounded`]) stops it sooner.
 const RETRIES: u32 = 3;
 
+/// Shared by every clone of a handle (and small to clone).
 #[derive(Clone)]
-pub(super) struct Cluster {
+pub(super) struct Cluster(Arc<Inner>);
+
+struct Inner {
     client: ClusterClient,
     /// Set once connecting succeeded (it is tried again on the next call
     /// until then, so a gateway starts while the cluster is down).
-    conn: Arc<OnceCell<ClusterConnection>>,
+    conn: OnceCell<ClusterConnection>,
 }
 
 impl Cluster {
@@ -35,18 +38,19 @@ impl Cluster {
             .connection_concurrency_limit(MAX_IN_FLIGHT)
             .build()
             .map_err(|e| StoreError::Protocol(e.to_string()))?;
-        Ok(Cluster {
+        Ok(Cluster(Arc::new(Inner {
             client,
-            conn: Arc::new(OnceCell::new()),
-        })
+            conn: OnceCell::new(),
+        })))
     }
 
     pub(super) async fn connection(&self) -> redis::RedisResult<ClusterConnection> {
         let config = ClusterConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(CALL_TIMEOUT);
-        self.conn
-            .get_or_try_init(|| self.client.get_async_connection_with_config(config))
+        self.0
+            .conn
+            .get_or_try_init(|| self.0.client.get_async_connection_with_config(config))
             .await
             .cloned()
     }
