@@ -336,6 +336,8 @@ pub fn reset_text(ms: u64) -> String {
 }
 
 #[cfg(test)]
+mod cluster_tests;
+#[cfg(test)]
 mod state_tests;
 #[cfg(test)]
 mod tests;
