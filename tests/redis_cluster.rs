@@ -133,6 +133,42 @@ fn int(v: Option<redis::Value>) -> i64 {
     }
 }
 
+#[test]
+fn check_config_takes_the_cluster_from_the_environment_and_refuses_it_beside_a_url() {
+    let dir = temp_dir();
+    let path = write(
+        dir.path(),
+        "gw.toml",
+        "[auth]\nhs256_secret = \"jwt-secret-value-that-is-long-enough-0123\"\n[redis]\non_failure = \"closed\"\n",
+    );
+    let config = path.to_str().unwrap();
+    let nodes = "[\"redis://:pw-of-the-nodes@127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]";
+    let (code, out, err) = run_to_end(
+        dir.path(),
+        &["check-config", "--config", config],
+        &[("TOLLGATE_REDIS__CLUSTER", nodes)],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["redis"]["cluster"], json!(["***", "***"]));
+    assert_eq!(v["redis"]["wait_replicas"], 1);
+    assert!(!out.contains("pw-of-the-nodes"));
+    let (code, _, err) = run_to_end(
+        dir.path(),
+        &["check-config", "--config", config],
+        &[
+            ("TOLLGATE_REDIS__CLUSTER", nodes),
+            ("TOLLGATE_REDIS__URL", "redis://127.0.0.1:6390"),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("redis.cluster") && err.contains("not both"),
+        "{err}"
+    );
+    assert!(!err.contains("pw-of-the-nodes"), "{err}");
+}
+
 #[tokio::test]
 async fn a_gateway_on_a_cluster_keeps_limits_usage_audit_and_revocations_there() {
     let cluster = RedisCluster::start();

@@ -147,6 +147,8 @@ pub enum RedisTarget {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RedisConfig {
+    /// Printed as `url` or `cluster`, the key it came from.
+    #[serde(flatten)]
     pub target: RedisTarget,
     /// Replicas that must have a limiter or revocation write before it
     /// counts as done (`WAIT`); 0: no wait. Default 1 on a cluster, 0 on one server.
