@@ -24,7 +24,7 @@ const ANSWER: usize = 9;
 /// How long the script remembers the settlements it counted, when writes
 /// wait for replicas: longer than a settlement is sent again
 /// ([`super::steps`] gives up after about 10 s and meters it here).
-pub const SETTLED_IDS_KEPT: Duration = Duration::from_secs(30);
+pub const SETTLED_IDS_KEPT: Duration = Duration::from_secs(20);
 
 /// The key of a tenant's recently counted settlements, beside its state.
 fn settled_key(prefix: &str, tenant: &str) -> String {
