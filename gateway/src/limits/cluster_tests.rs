@@ -16,9 +16,11 @@ async fn a_settlement_sent_again_counts_once_and_every_key_shares_the_tenants_sl
     let cluster = RedisCluster::start();
     let redis = Redis::new(&cluster.config("cl:")).unwrap();
     assert!(redis.waits_for_replicas());
+    // `local`: a verdict stands when its write is late to reach the replica
+    // (a busy machine); `closed` would refuse it.
     let l = Limiter::new(
         Some(redis.clone()),
-        RedisFailureMode::Closed,
+        RedisFailureMode::Local,
         1,
         Duration::from_secs(30),
         DAY,
@@ -36,7 +38,7 @@ async fn a_settlement_sent_again_counts_once_and_every_key_shares_the_tenants_sl
     let used = usage(10, 20);
     let ttl_ms = 30_000;
     for _ in 0..2 {
-        let v = redis::step(&redis, &t.state_key, &[(&t, &used)], &[], ttl_ms, DAY)
+        let (v, _) = redis::step(&redis, &t.state_key, &[(&t, &used)], &[], ttl_ms, DAY)
             .await
             .unwrap();
         assert!(v.is_empty());

@@ -41,7 +41,9 @@ fn remaining(limit: i64, remaining: i64, reset: i64) -> Option<Remaining> {
 
 /// One call on the state of one tenant (`key`): first the settlements, with
 /// what each request used, then the admissions, each a request's limits and
-/// the tokens it reserves. Answers one verdict per admission, in order.
+/// the tokens it reserves. Answers one verdict per admission, in order, and
+/// whether the call's writes reached the replicas `redis.wait_replicas`
+/// asks for (always, without a wait).
 pub async fn step<'a>(
     redis: &Redis,
     key: &str,
@@ -49,7 +51,7 @@ pub async fn step<'a>(
     admissions: &[(&'a [Dim], u64)],
     ttl_ms: u64,
     retention: Duration,
-) -> Result<Vec<Verdict>, StoreError> {
+) -> Result<(Vec<Verdict>, bool), StoreError> {
     let mut call = STEP.prepare_invoke();
     call.key(key);
     // The usage hashes the settlements go to: one per day among them.
@@ -119,7 +121,8 @@ pub async fn step<'a>(
     }
     // Replicated before it counts (on a cluster): an admission or usage the
     // primary acknowledged must not vanish with it in a failover.
-    let r: Vec<i64> = redis.invoke_replicated(&call, key).await?;
+    let written = redis.invoke_replicated::<Vec<i64>>(&call, key).await?;
+    let r = written.value;
     if r.len() != admissions.len() * ANSWER {
         return Err(StoreError::Protocol(format!(
             "{} integers answering {} admissions",
@@ -127,10 +130,12 @@ pub async fn step<'a>(
             admissions.len()
         )));
     }
-    r.chunks(ANSWER)
+    let verdicts = r
+        .chunks(ANSWER)
         .zip(admissions)
         .map(|(a, (dims, _))| verdict(a, dims))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((verdicts, written.replicated))
 }
 
 /// The verdict in one admission's nine integers.

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tollgate_shared::config::RedisFailureMode;
 use tollgate_shared::openai::Usage;
 use tollgate_shared::store::{Redis, StoreError};
 
@@ -211,7 +212,7 @@ impl Limiter {
             let result = redis::step(&redis, &key, &settling, &admitting, ttl_ms, retention).await;
             drop((settling, admitting));
             match result {
-                Ok(verdicts) => {
+                Ok((verdicts, true)) => {
                     for s in settlements {
                         if let Some(done) = s.done {
                             let _ = done.send(());
@@ -219,6 +220,28 @@ impl Limiter {
                     }
                     for (a, v) in admissions.into_iter().zip(verdicts) {
                         self.answer(a, v);
+                    }
+                }
+                Ok((verdicts, false)) => {
+                    // Done on a primary that answered, not yet on a replica:
+                    // lost only if that primary dies before its replica
+                    // catches up. Settlements go again (counted once) until
+                    // a call of theirs is replicated; admissions stand,
+                    // except where `closed` asks that none be admitted on
+                    // what a failover could forget: those are refused as
+                    // with Redis down (their leases lapse by their TTL).
+                    for s in settlements {
+                        self.retry_or_meter(s, None, &redis);
+                    }
+                    if self.on_failure == RedisFailureMode::Closed {
+                        let e = StoreError::Unavailable("admission not replicated".into());
+                        for a in admissions {
+                            let _ = a.reply.send(Err(e.clone()));
+                        }
+                    } else {
+                        for (a, v) in admissions.into_iter().zip(verdicts) {
+                            self.answer(a, v);
+                        }
                     }
                 }
                 Err(e) => {
@@ -235,7 +258,7 @@ impl Limiter {
                         let _ = a.reply.send(Err(e.clone()));
                     }
                     for s in settlements.into_iter().chain(more_s) {
-                        self.retry_or_meter(s, &e, &redis);
+                        self.retry_or_meter(s, Some(&e), &redis);
                     }
                 }
             }
@@ -243,9 +266,17 @@ impl Limiter {
         abandon.armed = false;
     }
 
-    /// A settlement whose call failed: sent again later where its call may
-    /// have been counted anyway ([`SETTLE_RETRIES`]), else metered here.
-    fn retry_or_meter(self: &Arc<Self>, mut s: Settlement, e: &StoreError, redis: &Redis) {
+    /// A settlement whose call failed (`error`) or was not replicated
+    /// (`None`): sent again later where writes wait for replicas (its call
+    /// may have been counted anyway; [`SETTLE_RETRIES`]). When the retries
+    /// run out, one whose last call failed is metered here; one whose last
+    /// call was only not replicated is on a primary that answered, and done.
+    fn retry_or_meter(
+        self: &Arc<Self>,
+        mut s: Settlement,
+        error: Option<&StoreError>,
+        redis: &Redis,
+    ) {
         if redis.waits_for_replicas() && s.retries < SETTLE_RETRIES {
             s.retries += 1;
             let me = self.clone();
@@ -255,7 +286,9 @@ impl Limiter {
             });
             return;
         }
-        self.settle_failed(&s.ticket, &s.usage, e);
+        if let Some(e) = error {
+            self.settle_failed(&s.ticket, &s.usage, e);
+        }
         if let Some(done) = s.done {
             let _ = done.send(());
         }

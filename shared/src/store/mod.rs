@@ -63,6 +63,14 @@ impl From<redis::ParsingError> for StoreError {
     }
 }
 
+/// What a write answered, and whether `redis.wait_replicas` replicas had it
+/// in time ([`Redis::invoke_replicated`]).
+#[derive(Debug)]
+pub struct Written<T> {
+    pub value: T,
+    pub replicated: bool,
+}
+
 /// A handle on Redis; cheap to clone. Connects lazily and reconnects by itself,
 /// so a gateway starts (and degrades as configured) while Redis is down.
 #[derive(Clone)]
@@ -160,8 +168,10 @@ impl Redis {
         self.invoke(&invocation).await
     }
 
-    /// As [`Redis::script`], replicated as [`Redis::invoke_replicated`] says
-    /// (its keys share a slot: the first names it).
+    /// As [`Redis::script`], then waits for replicas as
+    /// [`Redis::invoke_replicated`] does (its keys share a slot: the first
+    /// names it); a write no replica has in time is an error
+    /// ([`StoreError::Unavailable`]), for callers that may simply try again.
     pub async fn script_replicated<T: FromRedisValue>(
         &self,
         script: &redis::Script,
@@ -176,7 +186,15 @@ impl Redis {
             invocation.arg(a);
         }
         let first = keys.first().map_or("", String::as_str);
-        self.invoke_replicated(&invocation, first).await
+        let w = self.invoke_replicated(&invocation, first).await?;
+        if !w.replicated {
+            return Err(StoreError::Unavailable(format!(
+                "a write reached fewer than {} replicas within {} ms",
+                self.wait_replicas,
+                WAIT_TIMEOUT.as_millis()
+            )));
+        }
+        Ok(w.value)
     }
 
     /// Runs a prepared script call (keys and arguments of any types) by
@@ -192,18 +210,22 @@ impl Redis {
     /// As [`Redis::invoke`], then, with `redis.wait_replicas` set, waits
     /// (`WAIT`, at most [`WAIT_TIMEOUT`]) until that many replicas of the
     /// primary holding `key` have the write, over the connection it went
-    /// by. Fewer is a failure ([`StoreError::Unavailable`]): the write is on
-    /// the primary and may be lost with it, so the caller falls back as it
-    /// would with Redis down. With 0 (one server by default) this is
-    /// [`Redis::invoke`].
+    /// by. The answer says whether they did: if not, the write is on a
+    /// primary that answered, and would be lost only if it died before its
+    /// replicas caught up. With 0 (one server by default) this is
+    /// [`Redis::invoke`], always replicated.
     pub async fn invoke_replicated<T: FromRedisValue>(
         &self,
         invocation: &redis::ScriptInvocation<'_>,
         key: &str,
-    ) -> Result<T, StoreError> {
+    ) -> Result<Written<T>, StoreError> {
         let want = self.wait_replicas;
         if want == 0 {
-            return self.invoke(invocation).await;
+            let value = self.invoke(invocation).await?;
+            return Ok(Written {
+                value,
+                replicated: true,
+            });
         }
         let timeout_ms = WAIT_TIMEOUT.as_millis() as u64;
         let (value, got) = self
@@ -213,12 +235,10 @@ impl Redis {
                 Ok((v, got))
             })
             .await?;
-        if got < want as i64 {
-            return Err(StoreError::Unavailable(format!(
-                "a write reached {got} of {want} replicas within {timeout_ms} ms"
-            )));
-        }
-        Ok(value)
+        Ok(Written {
+            value,
+            replicated: got >= want as i64,
+        })
     }
 
     /// Every key matching `pattern` (a `SCAN MATCH` glob), on every primary
@@ -449,13 +469,21 @@ mod cluster_tests {
         let (a, b) = (r.key("{acme}:a"), r.key("{acme}:b"));
         let mut call = script.prepare_invoke();
         call.key(&a).key(&b).arg(2);
-        let v: i64 = r.invoke_replicated(&call, &a).await.unwrap();
-        assert_eq!(v, 2);
+        // Replicated in time unless the machine is very busy: then it is
+        // on the primary only, which the next replicated write waits for too.
+        let mut w = r.invoke_replicated::<i64>(&call, &a).await.unwrap();
+        assert_eq!(w.value, 2);
+        let mut incr = 2;
+        while !w.replicated {
+            incr += 2;
+            w = r.invoke_replicated::<i64>(&call, &a).await.unwrap();
+            assert_eq!(w.value, incr);
+        }
         let (x, y): (i64, i64) = r
             .pipe(redis::pipe().atomic().get(&a).get(&b))
             .await
             .unwrap();
-        assert_eq!((x, y), (2, 2));
+        assert_eq!((x, y), (incr, incr));
         // The primary of the slot dies; its replica has every replicated write.
         let (dead, promoted) = cluster.fail_over(&a);
         assert_ne!(dead, promoted);
@@ -467,12 +495,18 @@ mod cluster_tests {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(after, Some(2), "the write acknowledged by WAIT survived");
+        assert_eq!(after, Some(incr), "the write acknowledged by WAIT survived");
         // The script is loaded again on the new primary (NOSCRIPT there).
         let v: i64 = r.invoke(&call).await.unwrap();
-        assert_eq!(v, 4);
-        // The promoted primary has no replica: a replicated write fails, and says so.
-        let err = r.invoke_replicated::<i64>(&call, &a).await.unwrap_err();
+        assert_eq!(v, incr + 2);
+        // The promoted primary has no replica: a write is done, not replicated.
+        let w = r.invoke_replicated::<i64>(&call, &a).await.unwrap();
+        assert_eq!((w.value, w.replicated), (incr + 4, false));
+        let s = redis::Script::new("return redis.call('INCR', KEYS[1])");
+        let err = r
+            .script_replicated::<i64>(&s, std::slice::from_ref(&a), &[0])
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
         // The dead primary's slots are on the new one: the scan still finds everything.
         let found = r.scan("t:{*}:x").await.unwrap();
