@@ -56,18 +56,8 @@ impl RedisCluster {
             dir,
         };
         for _ in 0..6 {
-            let (port, bus) = (free_port(), free_port());
-            let child = cluster.spawn(port, bus);
-            cluster.nodes.push(Node {
-                port,
-                bus,
-                child: Some(child),
-            });
-        }
-        for n in &cluster.nodes {
-            wait_for(&format!("node {} to answer", n.port), || {
-                query(n.port, &["PING"]).is_some()
-            });
+            let node = cluster.start_node();
+            cluster.nodes.push(node);
         }
         let mut create = Command::new("redis-cli");
         create.args(["--cluster", "create"]);
@@ -86,6 +76,29 @@ impl RedisCluster {
         );
         cluster.wait_ready();
         cluster
+    }
+
+    /// A node on free ports, answering PING. A port found free may be taken
+    /// by another process before the server binds it (the server then
+    /// exits): it starts again on other ports.
+    fn start_node(&self) -> Node {
+        for _ in 0..10 {
+            let (port, bus) = (free_port(), free_port());
+            let mut child = self.spawn(port, bus);
+            let mut exited = false;
+            wait_for(&format!("node {port} to answer"), || {
+                exited = child.try_wait().ok().flatten().is_some();
+                exited || query(port, &["PING"]).is_some()
+            });
+            if !exited {
+                return Node {
+                    port,
+                    bus,
+                    child: Some(child),
+                };
+            }
+        }
+        panic!("no redis-server node started on free ports");
     }
 
     fn spawn(&self, port: u16, bus: u16) -> Child {
