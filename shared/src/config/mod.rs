@@ -150,8 +150,9 @@ pub struct RedisConfig {
     /// Printed as `url` or `cluster`, the key it came from.
     #[serde(flatten)]
     pub target: RedisTarget,
-    /// Replicas that must have a limiter or revocation write before it
-    /// counts as done (`WAIT`); 0: no wait. Default 1 on a cluster, 0 on one server.
+    /// Replicas a limiter, registry or revocation write waits for (`WAIT`,
+    /// see `store::Redis::invoke_replicated`); 0: no wait. Default 1 on a
+    /// cluster, 0 on one server.
     pub wait_replicas: u64,
     /// Gateway replicas sharing this Redis: with `on_failure = "local"` each
     /// enforces limit ÷ this many while Redis is down.
