@@ -105,7 +105,7 @@ pub fn start(
         .as_ref()
         .map(Redis::new)
         .transpose()
-        .map_err(|e| format!("redis.url: {e}"))?;
+        .map_err(|e| format!("redis: {e}"))?;
     let (audit, audit_writer) = Audit::start(&config.telemetry, redis.clone())
         .map_err(|e| format!("cannot open the audit log: {e}"))?;
     let registry = Arc::new(

@@ -189,7 +189,17 @@ mod tests {
     #[tokio::test]
     async fn the_registry_lists_live_workers_and_sheds_expired_ones() {
         let server = RedisServer::start();
-        let redis = Redis::new(&server.config("t:")).unwrap();
+        lists_and_sheds(Redis::new(&server.config("t:")).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn the_registry_is_read_the_same_on_a_redis_cluster() {
+        // Every registry key carries the {workers} tag: the MGET goes to one node.
+        let cluster = tollgate_shared::testing::RedisCluster::start();
+        lists_and_sheds(Redis::new(&cluster.config("t:")).unwrap()).await;
+    }
+
+    async fn lists_and_sheds(redis: Redis) {
         assert!(read_registry(&redis).await.unwrap().is_empty());
         let record = WorkerRecord {
             id: "w1".into(),

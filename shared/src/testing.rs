@@ -1,5 +1,6 @@
 //! Test support: a real `redis-server` process on a free loopback port,
-//! owned by the test and killed on drop. Never a mock.
+//! owned by the test and killed on drop, or a real Redis Cluster of them
+//! (`cluster`). Never a mock.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -8,15 +9,18 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::{RedisConfig, RedisFailureMode};
+use crate::config::{RedisConfig, RedisFailureMode, RedisTarget};
 use crate::secret::Secret;
+
+mod cluster;
+pub use cluster::RedisCluster;
 
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -41,7 +45,8 @@ impl RedisServer {
 
     pub fn config(&self, prefix: &str) -> RedisConfig {
         RedisConfig {
-            url: Secret::new(self.url()),
+            target: RedisTarget::Url(Secret::new(self.url())),
+            wait_replicas: 0,
             gateway_replicas: 1,
             usage_retention: std::time::Duration::from_secs(86_400),
             key_prefix: prefix.to_owned(),

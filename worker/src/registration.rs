@@ -128,7 +128,17 @@ mod tests {
     #[tokio::test]
     async fn registers_with_a_ttl_and_deregisters_only_its_own_record() {
         let server = RedisServer::start();
-        let redis = Redis::new(&server.config("t:")).unwrap();
+        registers_and_deregisters(Redis::new(&server.config("t:")).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn registers_and_deregisters_on_a_redis_cluster() {
+        // The record and the index share the {workers} slot: one transaction, one script.
+        let cluster = tollgate_shared::testing::RedisCluster::start();
+        registers_and_deregisters(Redis::new(&cluster.config("t:")).unwrap()).await;
+    }
+
+    async fn registers_and_deregisters(redis: Redis) {
         let record = WorkerRecord {
             id: "w1".into(),
             url: "http://127.0.0.1:9100".into(),

@@ -408,4 +408,12 @@ mod tests {
         let redis = Redis::new(&server.config("t:")).unwrap();
         exercise(&Logins::new(Some(redis))).await;
     }
+
+    #[tokio::test]
+    async fn a_redis_cluster_store_follows_the_same_policy() {
+        // A pair's and its address's counts share the address's slot.
+        let cluster = tollgate_shared::testing::RedisCluster::start();
+        let redis = Redis::new(&cluster.config("t:")).unwrap();
+        exercise(&Logins::new(Some(redis))).await;
+    }
 }

@@ -86,7 +86,9 @@ impl SharedStore {
         let r = &self.redis;
         let keys = [r.key(hash(kind)), r.key(VERSION)];
         let args = [id, expected.unwrap_or(""), new];
-        let v: u64 = r.script(&self.cas, &keys, &args).await?;
+        // A registry write (a client disabled, a secret rotated) must outlive
+        // a failover, as a revocation must.
+        let v: u64 = r.script_replicated(&self.cas, &keys, &args).await?;
         Ok(v > 0)
     }
 
@@ -105,7 +107,8 @@ impl SharedStore {
             now.to_string(),
             ttl.to_string(),
         ];
-        r.script::<u64>(&self.revoke, &keys, &args).await?;
+        r.script_replicated::<u64>(&self.revoke, &keys, &args)
+            .await?;
         Ok(())
     }
 

@@ -71,6 +71,8 @@ pub struct Ticket {
     tenant: String,
     client: String,
     place: Place,
+    /// Tells this request's settlement from others, should it be sent twice.
+    id: u64,
 }
 
 impl Ticket {
@@ -92,6 +94,7 @@ impl Ticket {
             tenant: s.tenant.to_owned(),
             client: s.client.to_owned(),
             place,
+            id: rand::random(),
         }
     }
 
@@ -332,6 +335,8 @@ pub fn reset_text(ms: u64) -> String {
     }
 }
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod state_tests;
 #[cfg(test)]

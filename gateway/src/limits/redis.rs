@@ -21,6 +21,16 @@ static STEP: LazyLock<Script> =
 /// Integers the script answers per admission.
 const ANSWER: usize = 9;
 
+/// How long the script remembers the settlements it counted, when writes
+/// wait for replicas: longer than a settlement is sent again
+/// ([`super::steps`] gives up after about 10 s and meters it here).
+pub const SETTLED_IDS_KEPT: Duration = Duration::from_secs(20);
+
+/// The key of a tenant's recently counted settlements, beside its state.
+fn settled_key(prefix: &str, tenant: &str) -> String {
+    format!("{prefix}{{{tenant}}}:settled")
+}
+
 fn remaining(limit: i64, remaining: i64, reset: i64) -> Option<Remaining> {
     (limit >= 0).then(|| Remaining {
         limit: limit as u64,
@@ -31,7 +41,9 @@ fn remaining(limit: i64, remaining: i64, reset: i64) -> Option<Remaining> {
 
 /// One call on the state of one tenant (`key`): first the settlements, with
 /// what each request used, then the admissions, each a request's limits and
-/// the tokens it reserves. Answers one verdict per admission, in order.
+/// the tokens it reserves. Answers one verdict per admission, in order, and
+/// whether the call's writes reached the replicas `redis.wait_replicas`
+/// asks for (always, without a wait).
 pub async fn step<'a>(
     redis: &Redis,
     key: &str,
@@ -39,7 +51,7 @@ pub async fn step<'a>(
     admissions: &[(&'a [Dim], u64)],
     ttl_ms: u64,
     retention: Duration,
-) -> Result<Vec<Verdict>, StoreError> {
+) -> Result<(Vec<Verdict>, bool), StoreError> {
     let mut call = STEP.prepare_invoke();
     call.key(key);
     // The usage hashes the settlements go to: one per day among them.
@@ -69,11 +81,22 @@ pub async fn step<'a>(
     };
     let settling: Vec<usize> = settlements.iter().map(|(t, _)| set_of(&t.dims)).collect();
     let admitting: Vec<usize> = admissions.iter().map(|(d, _)| set_of(d)).collect();
+    // Where a write waits for replicas, a call whose answer was lost (a
+    // primary failing over) may have been counted: its settlements are sent
+    // again with their ids, and the script counts each id once.
+    let ids = redis.waits_for_replicas() && !settlements.is_empty();
+    let keep_ms = if ids {
+        call.key(settled_key(redis.prefix(), &settlements[0].0.tenant));
+        SETTLED_IDS_KEPT.as_millis() as u64
+    } else {
+        0
+    };
     call.arg(ttl_ms)
         .arg(retention.as_secs().max(1))
         .arg(sets.len())
         .arg(settlements.len())
-        .arg(admissions.len());
+        .arg(admissions.len())
+        .arg(keep_ms);
     for dims in &sets {
         call.arg(dims.len());
         for d in *dims {
@@ -89,11 +112,17 @@ pub async fn step<'a>(
             .arg(u.completion_tokens)
             .arg(j)
             .arg(set);
+        if ids {
+            call.arg(t.id);
+        }
     }
     for ((_, tokens), set) in admissions.iter().zip(admitting) {
         call.arg(*tokens).arg(set);
     }
-    let r: Vec<i64> = redis.invoke(&call).await?;
+    // Replicated before it counts (on a cluster): an admission or usage the
+    // primary acknowledged must not vanish with it in a failover.
+    let written = redis.invoke_replicated::<Vec<i64>>(&call, key).await?;
+    let r = written.value;
     if r.len() != admissions.len() * ANSWER {
         return Err(StoreError::Protocol(format!(
             "{} integers answering {} admissions",
@@ -101,10 +130,12 @@ pub async fn step<'a>(
             admissions.len()
         )));
     }
-    r.chunks(ANSWER)
+    let verdicts = r
+        .chunks(ANSWER)
         .zip(admissions)
         .map(|(a, (dims, _))| verdict(a, dims))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((verdicts, written.replicated))
 }
 
 /// The verdict in one admission's nine integers.

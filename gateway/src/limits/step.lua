@@ -12,14 +12,18 @@
 --              (`t` the tenant, `c:<client>` a client) and `x`, the unix
 --              second the key was last set to expire at
 -- KEYS[1+j]    the usage hash of the tenant for the j-th day settlements name
+-- KEYS[#KEYS]  with ARGV[6] > 0: the settlements seen in the last ARGV[6] ms,
+--              a sorted set of id by time, so a settlement sent again
+--              (its call's answer was lost) counts once
 -- ARGV[1] lease ttl (ms)  ARGV[2] usage retention (s)  ARGV[3] number of
--- limit sets  ARGV[4] number of settlements  ARGV[5] number of admissions, then
+-- limit sets  ARGV[4] number of settlements  ARGV[5] number of admissions,
+-- ARGV[6] how long settlement ids are kept (ms; 0: none are given), then
 -- each limit set (the limits of one client of the tenant): n, then its n
 --   limits as three values: subject, kind (r requests/min, t tokens/min,
 --   c concurrency, d daily tokens), limit
 -- each settlement: its lease deadline (ms), the second it was charged to,
 --   token delta (actual - reserved), client id, prompt tokens, completion
---   tokens, the j of its usage hash, its limit set
+--   tokens, the j of its usage hash, its limit set, and with ARGV[6] > 0 its id
 -- each admission: tokens reserved, its limit set
 -- Returns nine integers per admission, in order:
 --   {1, second, rq_limit, rq_remaining, rq_reset_ms, tk_limit, tk_remaining, tk_reset_ms, lease deadline ms}
@@ -29,13 +33,17 @@
 -- on the state, TIME when it admits, one HMGET and one HSET per usage hash
 -- settled into, EXPIRE on a usage hash it creates, and EXPIRE on the state
 -- about once a day per tenant (when its expiry comes within a day and a
--- lease of now).
+-- lease of now). With settlement ids, a call that settles also runs TIME,
+-- ZMSCORE, ZADD, ZREMRANGEBYSCORE and PEXPIRE on the set of ids.
 local ttl, retention = tonumber(ARGV[1]), tonumber(ARGV[2])
 local n_sets, n_settle, n_admit = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local keep_ids = tonumber(ARGV[6])
 local key = KEYS[1]
--- The clock first, before any write: only admissions need it.
+local n_usage = #KEYS - 1
+if keep_ids > 0 then n_usage = n_usage - 1 end
+-- The clock first, before any write: admissions and settlement ids need it.
 local now_s, now_ms, today, deadline = 0, 0, 0, 0
-if n_admit > 0 then
+if n_admit > 0 or (keep_ids > 0 and n_settle > 0) then
   local t = redis.call('TIME')
   now_s = tonumber(t[1])
   now_ms = now_s * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -43,7 +51,7 @@ if n_admit > 0 then
   deadline = now_ms + ttl
 end
 
-local pos = 6
+local pos = 7
 local function arg()
   local v = ARGV[pos]
   pos = pos + 1
@@ -90,11 +98,31 @@ end
 -- longer counted, so correcting it changes nothing. A subject that is gone
 -- (its key expired) stays gone: nothing is created here.
 local usage = {}
-for _ = 1, n_settle do
+-- Settlements already seen (their ids, 9th of their 9 values) are skipped.
+local seen, fresh = {}, {}
+if keep_ids > 0 and n_settle > 0 then
+  local ids = {}
+  for i = 1, n_settle do ids[i] = ARGV[pos + (i - 1) * 9 + 8] end
+  local ids_key = KEYS[#KEYS]
+  seen = redis.call('ZMSCORE', ids_key, unpack(ids))
+  for i = 1, n_settle do
+    if not seen[i] then
+      fresh[#fresh + 1] = now_ms
+      fresh[#fresh + 1] = ids[i]
+    end
+  end
+  if #fresh > 0 then redis.call('ZADD', ids_key, unpack(fresh)) end
+  redis.call('ZREMRANGEBYSCORE', ids_key, '-inf', now_ms - keep_ids)
+  redis.call('PEXPIRE', ids_key, keep_ids)
+end
+for i = 1, n_settle do
   local d, second, delta = arg(), tonumber(arg()), tonumber(arg())
   local client, prompt, completion = arg(), tonumber(arg()), tonumber(arg())
   local j, set = tonumber(arg()), sets[tonumber(arg())]
-  if delta ~= 0 or next(set.leased) ~= nil then
+  if keep_ids > 0 then arg() end
+  if seen[i] then
+    -- Counted by an earlier call whose answer was lost.
+  elseif delta ~= 0 or next(set.leased) ~= nil then
     local day = math.floor(second / 86400)
     for _, s in ipairs(set.subjects) do
       if present[s] then
@@ -108,26 +136,28 @@ for _ = 1, n_settle do
       end
     end
   end
-  local u = usage[j]
-  if not u then
-    u = {clients = {}, order = {}, requests = 0, prompt = 0, completion = 0}
-    usage[j] = u
+  if not seen[i] then
+    local u = usage[j]
+    if not u then
+      u = {clients = {}, order = {}, requests = 0, prompt = 0, completion = 0}
+      usage[j] = u
+    end
+    local c = u.clients[client]
+    if not c then
+      c = {requests = 0, prompt = 0, completion = 0}
+      u.clients[client] = c
+      u.order[#u.order + 1] = client
+    end
+    u.requests, u.prompt, u.completion = u.requests + 1, u.prompt + prompt, u.completion + completion
+    c.requests, c.prompt, c.completion = c.requests + 1, c.prompt + prompt, c.completion + completion
   end
-  local c = u.clients[client]
-  if not c then
-    c = {requests = 0, prompt = 0, completion = 0}
-    u.clients[client] = c
-    u.order[#u.order + 1] = client
-  end
-  u.requests, u.prompt, u.completion = u.requests + 1, u.prompt + prompt, u.completion + completion
-  c.requests, c.prompt, c.completion = c.requests + 1, c.prompt + prompt, c.completion + completion
 end
 for _, s in ipairs(fields) do flush(states[s]) end
 
 -- Usage keeps its layout (totals, then c:<client>:<field>), read by usage.rs.
 -- Every write to a hash sets `requests`: without it the hash is new. It is
 -- kept the retention from the end of its day, whatever settles into it later.
-for j = 1, #KEYS - 1 do
+for j = 1, n_usage do
   local u = usage[j]
   if u then
     local names = {'requests', 'prompt_tokens', 'completion_tokens'}

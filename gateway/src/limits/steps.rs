@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tollgate_shared::config::RedisFailureMode;
 use tollgate_shared::openai::Usage;
 use tollgate_shared::store::{Redis, StoreError};
 
@@ -62,7 +63,17 @@ struct Settlement {
     usage: Usage,
     /// Told when it is done: in Redis, or failed and metered here.
     done: Option<oneshot::Sender<()>>,
+    /// Times it was sent again after its call failed.
+    retries: u32,
 }
+
+/// Where writes wait for replicas, a settlement whose call failed is sent
+/// again this often, this many times (about 15 s, the time a primary's
+/// replica takes over and gets a replica of its own), before it is metered
+/// here: its call may have been counted though its answer was lost, and
+/// only Redis can tell (by its id, `redis::SETTLED_IDS_KEPT`).
+const SETTLE_RETRY_PAUSE: Duration = Duration::from_millis(500);
+const SETTLE_RETRIES: u32 = 30;
 
 enum Job {
     Admit(Admission),
@@ -103,6 +114,7 @@ impl Limiter {
             ticket,
             usage,
             done,
+            retries: 0,
         }));
     }
 
@@ -200,7 +212,7 @@ impl Limiter {
             let result = redis::step(&redis, &key, &settling, &admitting, ttl_ms, retention).await;
             drop((settling, admitting));
             match result {
-                Ok(verdicts) => {
+                Ok((verdicts, true)) => {
                     for s in settlements {
                         if let Some(done) = s.done {
                             let _ = done.send(());
@@ -208,6 +220,28 @@ impl Limiter {
                     }
                     for (a, v) in admissions.into_iter().zip(verdicts) {
                         self.answer(a, v);
+                    }
+                }
+                Ok((verdicts, false)) => {
+                    // Done on a primary that answered, not yet on a replica:
+                    // lost only if that primary dies before its replica
+                    // catches up. Settlements go again (counted once) until
+                    // a call of theirs is replicated; admissions stand,
+                    // except where `closed` asks that none be admitted on
+                    // what a failover could forget: those are refused as
+                    // with Redis down (their leases lapse by their TTL).
+                    for s in settlements {
+                        self.retry_or_meter(s, None, &redis);
+                    }
+                    if self.on_failure == RedisFailureMode::Closed {
+                        let e = StoreError::Unavailable("admission not replicated".into());
+                        for a in admissions {
+                            let _ = a.reply.send(Err(e.clone()));
+                        }
+                    } else {
+                        for (a, v) in admissions.into_iter().zip(verdicts) {
+                            self.answer(a, v);
+                        }
                     }
                 }
                 Err(e) => {
@@ -224,15 +258,40 @@ impl Limiter {
                         let _ = a.reply.send(Err(e.clone()));
                     }
                     for s in settlements.into_iter().chain(more_s) {
-                        self.settle_failed(&s.ticket, &s.usage, &e);
-                        if let Some(done) = s.done {
-                            let _ = done.send(());
-                        }
+                        self.retry_or_meter(s, Some(&e), &redis);
                     }
                 }
             }
         }
         abandon.armed = false;
+    }
+
+    /// A settlement whose call failed (`error`) or was not replicated
+    /// (`None`): sent again later where writes wait for replicas (its call
+    /// may have been counted anyway; [`SETTLE_RETRIES`]). When the retries
+    /// run out, one whose last call failed is metered here; one whose last
+    /// call was only not replicated is on a primary that answered, and done.
+    fn retry_or_meter(
+        self: &Arc<Self>,
+        mut s: Settlement,
+        error: Option<&StoreError>,
+        redis: &Redis,
+    ) {
+        if redis.waits_for_replicas() && s.retries < SETTLE_RETRIES {
+            s.retries += 1;
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(SETTLE_RETRY_PAUSE).await;
+                me.enqueue(Job::Settle(s));
+            });
+            return;
+        }
+        if let Some(e) = error {
+            self.settle_failed(&s.ticket, &s.usage, e);
+        }
+        if let Some(done) = s.done {
+            let _ = done.send(());
+        }
     }
 
     /// Hands `a` its verdict. An admitted request whose caller has gone (its

@@ -122,33 +122,16 @@ impl UsageBook {
                 .map(|d| (t.to_owned(), d))
                 .collect());
         }
-        // Every tenant: find the usage keys (an admin query, not on the request path).
+        // Every tenant: find the usage keys (an admin query, not on the
+        // request path; on a cluster, on every primary).
         let pattern = format!("{}{{*}}:usage:*", redis.prefix());
-        let mut cursor = 0u64;
-        let mut out = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis
-                .query(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000),
-                )
-                .await?;
-            for k in keys {
-                if let Some((t, day)) = parse_key(redis.prefix(), &k)
-                    && (since..=until).contains(&day)
-                {
-                    out.push((t, day));
-                }
-            }
-            if next == 0 {
-                return Ok(out);
-            }
-            cursor = next;
-        }
+        Ok(redis
+            .scan(&pattern)
+            .await?
+            .into_iter()
+            .filter_map(|k| parse_key(redis.prefix(), &k))
+            .filter(|(_, day)| (since..=until).contains(day))
+            .collect())
     }
 }
 

@@ -136,9 +136,24 @@ pub enum RedisFailureMode {
     Closed,
 }
 
+/// Where Redis is: one server (`redis.url`) or the seed nodes of a Redis
+/// Cluster (`redis.cluster`), any of which tells the client the rest.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisTarget {
+    Url(Secret),
+    Cluster(Vec<Secret>),
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RedisConfig {
-    pub url: Secret,
+    /// Printed as `url` or `cluster`, the key it came from.
+    #[serde(flatten)]
+    pub target: RedisTarget,
+    /// Replicas a limiter, registry or revocation write waits for (`WAIT`,
+    /// see `store::Redis::invoke_replicated`); 0: no wait. Default 1 on a
+    /// cluster, 0 on one server.
+    pub wait_replicas: u64,
     /// Gateway replicas sharing this Redis: with `on_failure = "local"` each
     /// enforces limit ÷ this many while Redis is down.
     pub gateway_replicas: u64,

@@ -89,6 +89,8 @@ pub struct RawVerifyKey {
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
     pub url: Option<String>,
+    pub cluster: Option<Vec<String>>,
+    pub wait_replicas: Option<u64>,
     pub gateway_replicas: Option<u64>,
     pub usage_retention_days: Option<u64>,
     pub key_prefix: Option<String>,

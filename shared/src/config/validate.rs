@@ -418,14 +418,57 @@ fn verify_keys(is: &mut Issues, raw: Vec<RawVerifyKey>) -> Vec<VerifyKeyConfig> 
 }
 
 fn redis(is: &mut Issues, r: RawRedis) -> RedisConfig {
-    let url = r.url.unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-        is.push(
-            "redis.url",
-            "(url)",
-            "must start with redis:// or rediss://",
-        );
-    }
+    let scheme_ok = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+    let target = match (r.url, r.cluster) {
+        (Some(_), Some(_)) => {
+            is.push(
+                "redis.cluster",
+                "(nodes)",
+                "give either redis.url (one server) or redis.cluster (a Redis Cluster), not both",
+            );
+            RedisTarget::Url(Secret::new(String::new()))
+        }
+        (None, Some(nodes)) => {
+            if nodes.is_empty() {
+                is.push(
+                    "redis.cluster",
+                    "[]",
+                    "must name at least one node, like [\"redis://127.0.0.1:7000\"]",
+                );
+            }
+            for (i, n) in nodes.iter().enumerate() {
+                if !scheme_ok(n) {
+                    is.push(
+                        format!("redis.cluster[{i}]"),
+                        "(url)",
+                        "must start with redis:// or rediss://",
+                    );
+                } else if !matches!(url_database(n), "" | "0") {
+                    is.push(
+                        format!("redis.cluster[{i}]"),
+                        "(url)",
+                        "a Redis Cluster has only database 0",
+                    );
+                }
+            }
+            RedisTarget::Cluster(nodes.into_iter().map(Secret::new).collect())
+        }
+        (url, None) => {
+            let url = url.unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
+            if !scheme_ok(&url) {
+                is.push(
+                    "redis.url",
+                    "(url)",
+                    "must start with redis:// or rediss://",
+                );
+            }
+            RedisTarget::Url(Secret::new(url))
+        }
+    };
+    let wait_replicas = r.wait_replicas.unwrap_or(match target {
+        RedisTarget::Cluster(_) => 1,
+        RedisTarget::Url(_) => 0,
+    });
     let on_failure = match r.on_failure.as_deref().unwrap_or("local") {
         "local" => RedisFailureMode::Local,
         "open" => RedisFailureMode::Open,
@@ -442,12 +485,21 @@ fn redis(is: &mut Issues, r: RawRedis) -> RedisConfig {
     let gateway_replicas = is.positive("redis.gateway_replicas", r.gateway_replicas, 1);
     let retention_days = is.positive("redis.usage_retention_days", r.usage_retention_days, 400);
     RedisConfig {
-        url: Secret::new(url),
+        target,
+        wait_replicas,
         gateway_replicas,
         usage_retention: Duration::from_secs(retention_days * 86_400),
         key_prefix: r.key_prefix.unwrap_or_else(|| "tollgate:".into()),
         on_failure,
     }
+}
+
+/// The database a redis:// URL names (after the host; "" when none).
+fn url_database(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    host.split_once('/').map_or("", |(_, db)| db)
 }
 
 /// Ids of tenants, clients, workers and keys: short, printable, safe in keys and headers.
@@ -859,6 +911,69 @@ mod tests {
             !issues.iter().any(|i| i.value.contains("short")),
             "secret values are never echoed"
         );
+    }
+
+    fn redis_of(toml: &str) -> Result<RedisConfig, Vec<ConfigIssue>> {
+        validate(raw(toml), Role::Embedded).map(|c| c.redis.unwrap())
+    }
+
+    #[test]
+    fn a_redis_cluster_is_named_by_its_nodes_and_waits_for_one_replica() {
+        let r = redis_of(
+            "[redis]\ncluster = [\"redis://127.0.0.1:7000\", \"redis://:pw@127.0.0.1:7001/0\"]\n",
+        )
+        .unwrap();
+        let RedisTarget::Cluster(nodes) = &r.target else {
+            panic!("{:?}", r.target)
+        };
+        let nodes: Vec<_> = nodes.iter().map(|n| n.expose().to_owned()).collect();
+        assert_eq!(
+            nodes,
+            ["redis://127.0.0.1:7000", "redis://:pw@127.0.0.1:7001/0"]
+        );
+        assert_eq!(r.wait_replicas, 1);
+        let single = redis_of("[redis]\nurl = \"redis://127.0.0.1:6390/2\"\n").unwrap();
+        assert!(matches!(single.target, RedisTarget::Url(_)));
+        assert_eq!(single.wait_replicas, 0, "one server: no WAIT, as before");
+        let no_wait =
+            redis_of("[redis]\ncluster = [\"redis://127.0.0.1:7000\"]\nwait_replicas = 0\n");
+        assert_eq!(no_wait.unwrap().wait_replicas, 0);
+    }
+
+    #[test]
+    fn a_redis_cluster_excludes_url_and_needs_nodes_of_database_0() {
+        let keys = |toml: &str| -> Vec<(String, String)> {
+            redis_of(toml)
+                .unwrap_err()
+                .into_iter()
+                .map(|i| (i.key, i.rule))
+                .collect()
+        };
+        let both = keys(
+            "[redis]\nurl = \"redis://127.0.0.1:6390\"\ncluster = [\"redis://127.0.0.1:7000\"]\n",
+        );
+        assert_eq!(both.len(), 1);
+        assert_eq!(both[0].0, "redis.cluster");
+        assert!(both[0].1.contains("not both"), "{both:?}");
+        assert_eq!(keys("[redis]\ncluster = []\n")[0].0, "redis.cluster");
+        let bad = keys(
+            "[redis]\ncluster = [\"redis://127.0.0.1:7000\", \"http://127.0.0.1:7001\", \"redis://127.0.0.1:7002/3\"]\n",
+        );
+        let bad_keys: Vec<_> = bad.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(bad_keys, ["redis.cluster[1]", "redis.cluster[2]"]);
+        assert!(bad[1].1.contains("database 0"), "{bad:?}");
+        // A password in a node URL is never echoed.
+        let issues =
+            redis_of("[redis]\ncluster = [\"http://:hunter2@127.0.0.1:7000\"]\n").unwrap_err();
+        assert!(!issues.iter().any(|i| i.value.contains("hunter2")));
+    }
+
+    #[test]
+    fn the_database_of_a_url_is_read_after_the_host() {
+        assert_eq!(url_database("redis://127.0.0.1:7000"), "");
+        assert_eq!(url_database("redis://127.0.0.1:7000/0"), "0");
+        assert_eq!(url_database("redis://:p/w@127.0.0.1:7000/4?x=1"), "4");
+        assert_eq!(url_database("rediss://u:p@host:7000"), "");
     }
 
     #[test]
