@@ -23,13 +23,15 @@ pub const RETRY_PAUSES: [Duration; 3] = [
     Duration::from_secs(1),
 ];
 
-/// Appends a batch in one pipeline, as one transaction: a batch whose
-/// connection breaks is in the stream whole or not at all, so the writer's
-/// count of dropped records is exact.
+/// Appends a batch in one pipeline, as one transaction (one XADD is one
+/// already): a batch whose connection breaks is in the stream whole or not
+/// at all, so the writer's count of dropped records is exact.
 pub async fn append(redis: &Redis, max_len: u64, lines: &[&Line]) -> Result<(), StoreError> {
     let key = redis.key(STREAM_KEY);
     let mut pipe = redis::pipe();
-    pipe.atomic();
+    if lines.len() > 1 {
+        pipe.atomic();
+    }
     for l in lines {
         let cmd = pipe
             .cmd("XADD")

@@ -210,23 +210,25 @@ pub async fn run(path: &Path, out: &Path) -> CmdResult {
             }
         })
     };
-    let mut requests = tokio::task::JoinSet::new();
+    // The tenants' loops end with the arrival period, each handing back its
+    // requests still open: they get at most `drain_secs` more to finish.
+    let mut open = Vec::new();
     while let Some(r) = arrivals.join_next().await {
         if let Ok(set) = r {
-            for fut in set {
-                requests.spawn(fut);
-            }
+            open.push(set);
         }
     }
-    // Requests wait for their arrival times inside their futures: wait for the
-    // whole arrival period, then at most `drain_secs` for answers still open.
     let until =
         tokio::time::Instant::from_std(start + duration + Duration::from_secs(scenario.drain_secs));
     let _ = tokio::time::timeout_at(until, async {
-        while requests.join_next().await.is_some() {}
+        for set in &mut open {
+            while set.join_next().await.is_some() {}
+        }
     })
     .await;
-    requests.abort_all();
+    for set in &mut open {
+        set.abort_all();
+    }
     progress.abort();
     let report = recorder.report(start.elapsed(), duration);
     std::fs::create_dir_all(out)?;
@@ -244,10 +246,9 @@ pub async fn run(path: &Path, out: &Path) -> CmdResult {
     Ok(())
 }
 
-type Request = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-/// Plans tenant `i`'s arrivals and returns one future per request, each
-/// starting at its arrival time.
+/// Sends tenant `i`'s requests at their arrival times, each in a task of its
+/// own (made when it is due: a long run holds only the requests in flight),
+/// and returns those still open when the arrival period ends.
 #[allow(clippy::too_many_arguments)]
 async fn tenant_loop(
     i: usize,
@@ -258,11 +259,11 @@ async fn tenant_loop(
     sc: Arc<Scenario>,
     start: Instant,
     duration: Duration,
-) -> Vec<Request> {
+) -> tokio::task::JoinSet<()> {
     let t = &sc.tenants[i];
     let mut rng = StdRng::seed_from_u64(sc.seed.wrapping_mul(31).wrapping_add(i as u64));
     let mut at = Duration::ZERO;
-    let mut out: Vec<Request> = Vec::new();
+    let mut out = tokio::task::JoinSet::new();
     loop {
         // Exponential inter-arrival times: a Poisson process of the tenant's rate.
         let u: f64 = rng.random_range(f64::EPSILON..1.0);
@@ -296,12 +297,13 @@ async fn tenant_loop(
         }
         let rec = rec.clone();
         let stream = t.stream;
-        out.push(Box::pin(async move {
-            tokio::time::sleep_until(tokio::time::Instant::from_std(start + at)).await;
+        tokio::time::sleep_until(tokio::time::Instant::from_std(start + at)).await;
+        while out.try_join_next().is_some() {}
+        out.spawn(async move {
             rec.sent(i);
             let outcome = send(req, stream, &rec, i, start, u64::from(input)).await;
             rec.done(i, measured, start.elapsed(), outcome);
-        }));
+        });
     }
 }
 
