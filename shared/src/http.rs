@@ -17,8 +17,11 @@ thread_local! {
 
 /// Connect timeout of internal hops: peers are near, a slow connect is a dead peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Idle pooled connections are closed after this long.
-const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Idle pooled connections are closed after this long: before the servers
+/// close them (uvicorn, which serves vLLM, and actix close idle keep-alive
+/// connections after 5 s). A connection the server is closing as a request
+/// goes out on it fails that request; the soak saw it happen.
+const POOL_IDLE: Duration = Duration::from_secs(4);
 
 fn build() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()

@@ -158,14 +158,7 @@ impl Redis {
         keys: &[String],
         args: &[impl ToRedisArgs],
     ) -> Result<T, StoreError> {
-        let mut invocation = script.prepare_invoke();
-        for k in keys {
-            invocation.key(k);
-        }
-        for a in args {
-            invocation.arg(a);
-        }
-        self.invoke(&invocation).await
+        self.invoke(&invocation(script, keys, args)).await
     }
 
     /// As [`Redis::script`], then waits for replicas as
@@ -178,15 +171,10 @@ impl Redis {
         keys: &[String],
         args: &[impl ToRedisArgs],
     ) -> Result<T, StoreError> {
-        let mut invocation = script.prepare_invoke();
-        for k in keys {
-            invocation.key(k);
-        }
-        for a in args {
-            invocation.arg(a);
-        }
         let first = keys.first().map_or("", String::as_str);
-        let w = self.invoke_replicated(&invocation, first).await?;
+        let w = self
+            .invoke_replicated(&invocation(script, keys, args), first)
+            .await?;
         if !w.replicated {
             return Err(StoreError::Unavailable(format!(
                 "a write reached fewer than {} replicas within {} ms",
@@ -342,6 +330,22 @@ async fn bounded<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<
         Ok(r) => r.map_err(StoreError::from),
         Err(_) => Err(StoreError::Unavailable("timed out".into())),
     }
+}
+
+/// `script` called with `keys` and `args`.
+fn invocation<'a>(
+    script: &'a redis::Script,
+    keys: &[String],
+    args: &[impl ToRedisArgs],
+) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.prepare_invoke();
+    for k in keys {
+        invocation.key(k);
+    }
+    for a in args {
+        invocation.arg(a);
+    }
+    invocation
 }
 
 #[cfg(test)]
