@@ -64,9 +64,9 @@ pub struct ChatCompletionRequest {
     )]
     pub max_completion_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f32>,
+    pub temperature: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f32>,
+    pub top_p: Option<f64>,
     #[serde(
         default,
         deserialize_with = "integer::deserialize",
@@ -80,9 +80,9 @@ pub struct ChatCompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<Stop>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub presence_penalty: Option<f32>,
+    pub presence_penalty: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub frequency_penalty: Option<f32>,
+    pub frequency_penalty: Option<f64>,
     #[serde(
         default,
         deserialize_with = "integer::deserialize",
@@ -100,7 +100,7 @@ pub struct ChatCompletionRequest {
     )]
     pub top_logprobs: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logit_bias: Option<BTreeMap<String, f32>>,
+    pub logit_bias: Option<BTreeMap<String, f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<serde_json::Value>,
     // vLLM extras (see VLLM_EXTRA_FIELDS): refused unless the operator allows them.
@@ -111,9 +111,9 @@ pub struct ChatCompletionRequest {
     )]
     pub top_k: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_p: Option<f32>,
+    pub min_p: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repetition_penalty: Option<f32>,
+    pub repetition_penalty: Option<f64>,
     #[serde(
         default,
         deserialize_with = "integer::deserialize",
@@ -263,9 +263,9 @@ pub struct CompletionRequest {
     )]
     pub max_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f32>,
+    pub temperature: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f32>,
+    pub top_p: Option<f64>,
     #[serde(
         default,
         deserialize_with = "integer::deserialize",
@@ -285,9 +285,9 @@ pub struct CompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<Stop>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub presence_penalty: Option<f32>,
+    pub presence_penalty: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub frequency_penalty: Option<f32>,
+    pub frequency_penalty: Option<f64>,
     #[serde(
         default,
         deserialize_with = "integer::deserialize",
@@ -305,7 +305,7 @@ pub struct CompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echo: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logit_bias: Option<BTreeMap<String, f32>>,
+    pub logit_bias: Option<BTreeMap<String, f64>>,
     // vLLM extras (see VLLM_EXTRA_FIELDS): refused unless the operator allows them.
     #[serde(
         default,
@@ -314,9 +314,9 @@ pub struct CompletionRequest {
     )]
     pub top_k: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_p: Option<f32>,
+    pub min_p: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repetition_penalty: Option<f32>,
+    pub repetition_penalty: Option<f64>,
     #[serde(
         default,
         deserialize_with = "integer::deserialize",
@@ -393,7 +393,7 @@ pub struct GenerateRequest {
     #[serde(default, deserialize_with = "integer::deserialize")]
     pub max_tokens: Option<u32>,
     #[serde(default)]
-    pub temperature: Option<f32>,
+    pub temperature: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]

@@ -89,7 +89,7 @@ impl Observe {
         model: Option<&str>,
         prompt: impl FnOnce(bool) -> redact::PromptFacts,
         max_tokens: Option<u32>,
-        temperature: Option<f32>,
+        temperature: Option<f64>,
         stream: Option<bool>,
     ) {
         let Some(t) = &self.0 else {
@@ -183,7 +183,7 @@ impl Observe {
             span.record("gen_ai.request.max_tokens", i64::from(n));
         }
         if let Some(x) = r.temperature {
-            span.record("gen_ai.request.temperature", f64::from(x));
+            span.record("gen_ai.request.temperature", x);
         }
         t.keep_spans(Some(span.clone()), None);
         span

@@ -42,7 +42,7 @@ pub struct RequestFacts {
     pub operation: &'static str,
     pub model: String,
     pub max_tokens: Option<u32>,
-    pub temperature: Option<f32>,
+    pub temperature: Option<f64>,
     pub stream: bool,
 }
 

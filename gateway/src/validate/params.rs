@@ -41,13 +41,13 @@ pub fn is_token_id(s: &str) -> bool {
 
 /// The parameters chat and completions share, borrowed from either.
 pub struct Common<'a> {
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
     pub n: Option<u32>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
     pub stop: Option<&'a Stop>,
-    pub logit_bias: Option<&'a BTreeMap<String, f32>>,
+    pub logit_bias: Option<&'a BTreeMap<String, f64>>,
     pub user: Option<&'a str>,
     /// The output budget the client set, under whichever name.
     pub max_tokens: Option<u32>,
@@ -55,8 +55,8 @@ pub struct Common<'a> {
     pub stop_token_ids: Option<&'a [u32]>,
     pub bad_words: Option<&'a [String]>,
     pub guided_choice: Option<&'a [String]>,
-    pub min_p: Option<f32>,
-    pub repetition_penalty: Option<f32>,
+    pub min_p: Option<f64>,
+    pub repetition_penalty: Option<f64>,
     pub extras: Vec<&'static str>,
 }
 
@@ -191,7 +191,7 @@ fn check_stop(stop: Option<&Stop>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_logit_bias(bias: Option<&BTreeMap<String, f32>>) -> Result<(), ApiError> {
+fn check_logit_bias(bias: Option<&BTreeMap<String, f64>>) -> Result<(), ApiError> {
     let Some(bias) = bias else { return Ok(()) };
     if bias.len() > MAX_LOGIT_BIAS {
         return Err(ApiError::invalid_param(

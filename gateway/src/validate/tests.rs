@@ -90,6 +90,20 @@ fn bad_fields_are_named() {
             r#"{"messages":[{"role":"user","content":"x"}],"temperature":3}"#,
             "temperature",
         ),
+        // Just past a bound: as vLLM reads it (a double), not rounded to a
+        // float that lands on the bound.
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"presence_penalty":2.0000000000000004}"#,
+            "presence_penalty",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"temperature":2.0000000000000004}"#,
+            "temperature",
+        ),
+        (
+            r#"{"messages":[{"role":"user","content":"x"}],"top_p":1.0000000000000002}"#,
+            "top_p",
+        ),
         (
             r#"{"messages":[{"role":"user","content":"x"}],"n":100}"#,
             "n",
