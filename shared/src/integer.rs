@@ -71,9 +71,11 @@ impl<'de, T: Bounded> Visitor<'de> for Whole<T> {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
-        // Every finite f64 of magnitude 2^53 or more is whole; anything past
-        // the i128 range is past every bound here, so the cast cannot mislead.
-        if v.is_finite() && v.fract() == 0.0 && v.abs() < 2f64.powi(100) {
+        // Below 2^53 a whole f64 is the one integer it was written as; from
+        // there on it may stand for its neighbours too (an integer literal
+        // past i64, such as -9223372036854775809, arrives here as the f64
+        // that is i64::MIN), so it is refused rather than rounded into range.
+        if v.is_finite() && v.fract() == 0.0 && v.abs() < 2f64.powi(53) {
             self.fit(v as i128, Unexpected::Float(v))
         } else {
             Err(E::invalid_value(Unexpected::Float(v), &self))
@@ -202,6 +204,8 @@ mod tests {
     #[test]
     fn out_of_range_and_non_numbers_are_refused() {
         for json in [
+            // Past i64::MIN by one: its f64 is i64::MIN, which must not pass.
+            r#"{"seed":-9223372036854775809}"#,
             r#"{"weight":-1}"#,
             r#"{"weight":-1.0}"#,
             r#"{"weight":4294967296}"#,
