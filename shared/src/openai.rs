@@ -202,10 +202,32 @@ pub enum MessageContent {
 }
 
 /// Only text parts: the served model is a text model.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ContentPart {
     Text { text: String },
+}
+
+impl<'de> Deserialize<'de> for ContentPart {
+    /// As the derived form would, but `type` must be the string `text`:
+    /// serde also takes a variant's index (`"type": 0`) for its tag.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+        enum Tagged {
+            Text { text: String },
+        }
+        let part = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        if !part.get("type").is_some_and(serde_json::Value::is_string) {
+            return Err(D::Error::custom(
+                "a content part needs `type`: \"text\" (a string)",
+            ));
+        }
+        let Tagged::Text { text } =
+            serde_json::from_value(serde_json::Value::Object(part)).map_err(D::Error::custom)?;
+        Ok(ContentPart::Text { text })
+    }
 }
 
 impl MessageContent {
@@ -518,6 +540,11 @@ mod tests {
         assert_eq!(ok.messages[0].content.as_ref().unwrap().text(), "ab");
         let bad: Result<ChatCompletionRequest, _> = serde_json::from_str(
             r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
+        );
+        assert!(bad.is_err());
+        // A variant's index is not its name.
+        let bad: Result<ChatCompletionRequest, _> = serde_json::from_str(
+            r#"{"messages":[{"role":"user","content":[{"type":0,"text":"a"}]}]}"#,
         );
         assert!(bad.is_err());
     }
