@@ -171,7 +171,7 @@ pub struct Logins {
 /// both keys of one address share a hash tag, for Redis Cluster.
 fn keys(client_id: &str, ip: &str) -> (String, String) {
     let digest = Sha256::digest(client_id.as_bytes());
-    let id: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    let id = tollgate_shared::hex::lower(&digest[..12]);
     (format!("login:{{{ip}}}:{id}"), format!("login:{{{ip}}}:*"))
 }
 
